@@ -1,0 +1,60 @@
+# efficientps: the README's commands. `make install` sets up everything in one command.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# An activated virtualenv (or conda env) is used as it is; otherwise .venv in the repo.
+# VENV=/some/path make install picks any other place.
+ACTIVE_ENV := $(or $(VIRTUAL_ENV),$(CONDA_PREFIX))
+VENV ?= $(if $(ACTIVE_ENV),$(ACTIVE_ENV),.venv)
+PYTHON_BOOTSTRAP ?= python3
+# torch/torchvision pins live in this one file; point it elsewhere for another CUDA/CPU build.
+TORCH_REQUIREMENTS ?= requirements/torch.txt
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.efficientps-installed
+INSTALL_INPUTS := setup.py $(TORCH_REQUIREMENTS) tools/install_detectron2.py \
+	tools/detectron2_C_placeholder.py
+# A DETECTRON2_SRC given on the command line always gets a look from the installer.
+FORCE_D2 := $(if $(DETECTRON2_SRC),force-install,)
+DEMO_DIR ?= output/demo
+PYTEST_ARGS ?=
+
+.PHONY: help install test demo bench lint format clean force-install
+
+help:
+	@echo "make install   venv at $(VENV) with torch, detectron2 and efficientps (one command)"
+	@echo "make demo      the main job on the embedded synthetic dataset (CPU)"
+	@echo "make test      install if needed, then the whole test suite"
+	@echo "make bench     the benchmark scripts whose tables are in README"
+	@echo "make lint      ruff + black --check"
+
+install: $(STAMP)
+
+force-install:
+
+$(STAMP): $(INSTALL_INPUTS) $(FORCE_D2)
+	@test -x $(PY) || { echo "creating virtualenv $(VENV)"; $(PYTHON_BOOTSTRAP) -m venv $(VENV); }
+	$(PY) -m pip install --upgrade-strategy only-if-needed -r $(TORCH_REQUIREMENTS)
+	$(PY) tools/install_detectron2.py
+	$(PY) -m pip install -e '.[dev]'
+	cd /tmp && $(PY) -c "import detectron2, efficientps; print('efficientps ready:', efficientps.__file__)"
+	@touch $(STAMP)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(PY) -m efficientps.demo_pipeline --output $(DEMO_DIR)
+
+bench: install
+	$(PY) benchmarks/backbone.py
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m black --check .
+
+format: install
+	$(PY) -m ruff check --fix .
+	$(PY) -m black .
+
+clean:
+	rm -rf output build *.egg-info .pytest_cache

@@ -1,0 +1,9 @@
+"""EfficientPS panoptic segmentation as a detectron2 plugin.
+
+Importing this package registers its components in detectron2's registries (backbones, heads,
+meta-architecture) and its datasets in DatasetCatalog.
+"""
+
+from .config import add_efficientps_config
+
+__all__ = ["add_efficientps_config"]

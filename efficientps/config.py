@@ -1,0 +1,98 @@
+"""Config keys added by efficientps on top of detectron2's defaults.
+
+Every new key is commented; new subtrees are ``CN()`` nodes. Defaults follow the paper
+(Mohan & Valada, IJCV 2021); where the authors' code differs, the key says how to get it.
+"""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_efficientps_config(cfg):
+    """Add efficientps' keys to a detectron2 config (in place). Safe to call twice."""
+    if "EFFICIENTNET" in cfg.MODEL:
+        return cfg
+    _add_backbone_config(cfg)
+    _add_head_config(cfg)
+    _add_model_config(cfg)
+    _add_input_config(cfg)
+    return cfg
+
+
+def _add_backbone_config(cfg):
+    cfg.MODEL.EFFICIENTNET = CN()
+    # "efficientnet-b0" .. "efficientnet-b7" (efficientnet-pytorch's names).
+    cfg.MODEL.EFFICIENTNET.NAME = "efficientnet-b5"
+    # Squeeze-and-excitation blocks; the paper removes them (they hurt localisation).
+    cfg.MODEL.EFFICIENTNET.SE = False
+    # Norm after every conv: "BN", "SyncBN", "naiveSyncBN", "GN", "FrozenBN". The paper's iABN is
+    # (Sync)BN followed by the activation below, computed in place.
+    cfg.MODEL.EFFICIENTNET.NORM = "BN"
+    # "leaky_relu" (slope 0.01, as the paper's iABN) or "swish" (EfficientNet's original).
+    cfg.MODEL.EFFICIENTNET.ACTIVATION = "leaky_relu"
+    # Taps at strides 4, 8, 16, 32; res5 is the final 1x1 head conv (2048 ch for b5).
+    cfg.MODEL.EFFICIENTNET.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Freeze the stem (1) and the first k-1 stages (k = 2..5, as ResNet's FREEZE_AT); 0 = none.
+    cfg.MODEL.EFFICIENTNET.FREEZE_AT = 0
+    # Local file with ImageNet weights in efficientnet-pytorch's state-dict format ("" = random).
+    # Nothing is ever downloaded.
+    cfg.MODEL.EFFICIENTNET.WEIGHTS = ""
+    # Drop-connect (stochastic depth) rate of the MBConv blocks; efficientnet-pytorch's default.
+    cfg.MODEL.EFFICIENTNET.DROP_CONNECT_RATE = 0.2
+
+    cfg.MODEL.TWO_WAY_FPN = CN()
+    cfg.MODEL.TWO_WAY_FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.TWO_WAY_FPN.OUT_CHANNELS = 256
+    # Norm of the lateral and output convs (the paper: iABN = norm + activation).
+    cfg.MODEL.TWO_WAY_FPN.NORM = "BN"
+    # Activation of the lateral and output convs: "leaky_relu" or "swish" or "relu".
+    cfg.MODEL.TWO_WAY_FPN.ACTIVATION = "leaky_relu"
+    # 3x3 output convs depthwise-separable (paper) or regular (the authors' code: False).
+    cfg.MODEL.TWO_WAY_FPN.SEPARABLE = True
+    # "" (the paper: p2..p5 only) or "maxpool" (adds p6 for stock RPN configs that expect it).
+    cfg.MODEL.TWO_WAY_FPN.TOP_BLOCK = ""
+
+
+def _add_head_config(cfg):
+    # Semantic head: detectron2's MODEL.SEM_SEG_HEAD keys are reused (NUM_CLASSES, IGNORE_VALUE,
+    # NORM, LOSS_WEIGHT, IN_FEATURES, CONVS_DIM); these are the EfficientPS additions.
+    cfg.MODEL.SEM_SEG_HEAD.ACTIVATION = "leaky_relu"
+    # (row, col) dilations of the five DPC branches; branch 4 takes branch 3's output.
+    cfg.MODEL.SEM_SEG_HEAD.DPC_DILATIONS = [[1, 6], [1, 1], [6, 21], [18, 15], [6, 3]]
+    # Fraction of the hardest pixels (per image) whose cross entropy is averaged; 1.0 = plain CE.
+    cfg.MODEL.SEM_SEG_HEAD.HARD_PIXEL_FRACTION = 0.25
+
+    # RPN head: 3x3 conv separable (False matches the paper's parameter count), optional norm.
+    cfg.MODEL.RPN.SEPARABLE = False
+    cfg.MODEL.RPN.NORM = ""
+    cfg.MODEL.RPN.ACTIVATION = "leaky_relu"
+
+    # Box head: norm and activation after each FC ("" = no norm).
+    cfg.MODEL.ROI_BOX_HEAD.ACTIVATION = "leaky_relu"
+
+    # Mask head: 3x3 convs separable (paper and authors' code), activation after norm.
+    cfg.MODEL.ROI_MASK_HEAD.SEPARABLE = True
+    cfg.MODEL.ROI_MASK_HEAD.ACTIVATION = "leaky_relu"
+
+
+def _add_model_config(cfg):
+    cfg.MODEL.EFFICIENTPS = CN()
+    # Panoptic fusion: "paper" (Sec. 3.5, no parameters) or "learned" (trainable ML_A/ML_B
+    # weights trained with a panoptic cross entropy).
+    cfg.MODEL.EFFICIENTPS.FUSION = "paper"
+    # Instances kept for fusion need this confidence.
+    cfg.MODEL.EFFICIENTPS.FUSION_SCORE_THRESH = 0.5
+    # An instance whose mask is more than this fraction covered by earlier instances is dropped.
+    cfg.MODEL.EFFICIENTPS.FUSION_OVERLAP_THRESH = 0.5
+    # Stuff segments smaller than this many pixels become void, given at 1024x2048 and scaled
+    # with the output area.
+    cfg.MODEL.EFFICIENTPS.FUSION_STUFF_AREA = 2048
+    cfg.MODEL.EFFICIENTPS.FUSION_STUFF_AREA_REFERENCE = [1024, 2048]
+    # The authors' code multiplies mask logits by 4 before fusing; the paper does not (1.0).
+    cfg.MODEL.EFFICIENTPS.FUSION_MASK_LOGIT_SCALE = 1.0
+    # Loss weight of the learned fusion's panoptic cross entropy.
+    cfg.MODEL.EFFICIENTPS.FUSION_LOSS_WEIGHT = 1.0
+
+
+def _add_input_config(cfg):
+    # Random scale of the training image (and its maps) before cropping (paper: 0.5 .. 2.0).
+    cfg.INPUT.SCALE_RANGE = [0.5, 2.0]

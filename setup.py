@@ -1,0 +1,29 @@
+#!/usr/bin/env python
+"""efficientps: EfficientPS panoptic segmentation as a detectron2 plugin.
+
+detectron2 is a prerequisite that is not on PyPI: `make install` provides it (see README).
+torch/torchvision are pinned in requirements/torch.txt and installed before this package.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="efficientps",
+    version="0.1.0",
+    description="EfficientPS (Mohan & Valada, IJCV 2021) panoptic segmentation for detectron2",
+    python_requires=">=3.9",
+    packages=find_packages(exclude=("tests*", "benchmarks*", "configs*", "datasets*", "tools*")),
+    install_requires=[
+        "numpy",
+        "Pillow",
+        "opencv-python-headless",
+        "efficientnet-pytorch>=0.7.1",
+        "pycocotools",
+        "fvcore",
+        "cityscapesscripts>=2.2",
+        "tensorboard",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={"dev": ["pytest", "pytest-timeout", "ruff", "black"]},
+)
