@@ -4,6 +4,7 @@ Importing this package registers its components in detectron2's registries (back
 meta-architecture) and its datasets in DatasetCatalog.
 """
 
+from . import modeling  # noqa: F401  (registers the components)
 from .config import add_efficientps_config
 
 __all__ = ["add_efficientps_config"]

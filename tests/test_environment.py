@@ -4,11 +4,12 @@ import numpy as np
 import PIL
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
-from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
+from detectron2.structures import BitMasks, PolygonMasks
 from detectron2.utils.events import EventStorage
+
+from .helpers import stock_mask_rcnn_cfg, synthetic_instances
 
 
 def _version_tuple(version):
@@ -28,29 +29,6 @@ def test_detectron2_imports_with_current_numpy_and_pillow():
     assert transform.ExtentTransform.__init__.__defaults__[0] == PIL.Image.BILINEAR
 
 
-def stock_mask_rcnn_cfg():
-    cfg = get_cfg()
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.MASK_ON = True
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
-    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
-    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 500
-    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 5
-    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 64
-    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
-    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 2
-    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
-    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
-    cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 4
-    return cfg
-
-
 def test_stock_mask_rcnn_r50_fpn_infers_and_trains_on_cpu():
     torch.manual_seed(0)
     model = build_model(stock_mask_rcnn_cfg())
@@ -62,12 +40,7 @@ def test_stock_mask_rcnn_r50_fpn_infers_and_trains_on_cpu():
     assert output["instances"].image_size == (100, 125)
 
     model.train()
-    gt = Instances((200, 249))
-    gt.gt_boxes = Boxes(torch.tensor([[10.0, 20.0, 110.0, 150.0]]))
-    gt.gt_classes = torch.tensor([3])
-    masks = torch.zeros(1, 200, 249, dtype=torch.bool)
-    masks[0, 20:150, 10:110] = True
-    gt.gt_masks = BitMasks(masks)
+    gt = synthetic_instances(200, 249)
     with EventStorage():
         losses = model([{"image": image, "instances": gt}])
         total = sum(losses.values())

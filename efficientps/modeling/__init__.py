@@ -1,0 +1,6 @@
+"""EfficientPS' detectron2 components; importing this module registers them."""
+
+from . import backbone  # noqa: F401  (registers the backbones)
+from .layers import SeparableConv2d, fold_batchnorm
+
+__all__ = ["SeparableConv2d", "fold_batchnorm"]

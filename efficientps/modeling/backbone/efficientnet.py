@@ -1,0 +1,321 @@
+"""EfficientNet b0..b7 as a detectron2 bottom-up Backbone (res2..res5 at strides 4..32).
+
+The architecture (block arguments, width/depth scaling) comes from efficientnet-pytorch, so every
+variant matches its ImageNet weights; the modules are rebuilt here with detectron2 layers so that
+the norm and activation are configurable (the paper: BN + LeakyReLU(0.01), no squeeze-excitation),
+BatchNorm can be folded for inference, and no pad is computed at run time for stride-1 convs.
+"""
+
+import logging
+import os
+
+import torch
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from efficientnet_pytorch.utils import get_model_params, round_filters, round_repeats
+from torch import nn
+
+from ..layers import SamePadConv2d, build_activation, build_norm
+
+logger = logging.getLogger(__name__)
+
+EFFICIENTNET_NAMES = tuple(f"efficientnet-b{i}" for i in range(8))
+# EfficientNet's TF batch norm: eps 1e-3, decay 0.99 (= PyTorch momentum 0.01).
+BN_EPS, BN_MOMENTUM = 1e-3, 0.01
+# Block groups (efficientnet-pytorch's 7 "stages") that end at each tap; res5 ends with the head.
+TAP_AFTER_GROUP = {"res2": 1, "res3": 2, "res4": 4, "res5": 6}
+TAP_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+
+
+def _norm(norm, channels):
+    return build_norm(norm, channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class SqueezeExcitation(nn.Module):
+    def __init__(self, channels, squeezed, activation):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, squeezed, 1)
+        self.expand = nn.Conv2d(squeezed, channels, 1)
+        self.activation = build_activation(activation)
+
+    def forward(self, x):
+        scale = self.expand(self.activation(self.reduce(x.mean((2, 3), keepdim=True))))
+        return x * torch.sigmoid(scale)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual block: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project (+ skip)."""
+
+    def __init__(self, args, *, se, norm, activation, drop_connect_rate):
+        super().__init__()
+        stride = args.stride[0] if isinstance(args.stride, (list, tuple)) else args.stride
+        hidden = args.input_filters * args.expand_ratio
+        self.expand = None
+        if args.expand_ratio != 1:
+            self.expand = SamePadConv2d(
+                args.input_filters,
+                hidden,
+                1,
+                bias=False,
+                norm=_norm(norm, hidden),
+                activation=build_activation(activation),
+            )
+        self.depthwise = SamePadConv2d(
+            hidden,
+            hidden,
+            args.kernel_size,
+            stride=stride,
+            groups=hidden,
+            bias=False,
+            norm=_norm(norm, hidden),
+            activation=build_activation(activation),
+        )
+        self.se = None
+        if se and args.se_ratio:
+            squeezed = max(1, int(args.input_filters * args.se_ratio))
+            self.se = SqueezeExcitation(hidden, squeezed, activation)
+        self.project = SamePadConv2d(
+            hidden, args.output_filters, 1, bias=False, norm=_norm(norm, args.output_filters)
+        )
+        self.residual = args.id_skip and stride == 1 and args.input_filters == args.output_filters
+        self.drop_connect_rate = drop_connect_rate
+
+    def forward(self, x):
+        out = x if self.expand is None else self.expand(x)
+        out = self.depthwise(out)
+        if self.se is not None:
+            out = self.se(out)
+        out = self.project(out)
+        if not self.residual:
+            return out
+        if self.training and self.drop_connect_rate > 0:
+            # Stochastic depth: drop the whole residual branch per sample.
+            keep = 1.0 - self.drop_connect_rate
+            mask = torch.empty(out.shape[0], 1, 1, 1, device=out.device, dtype=out.dtype)
+            out = out * mask.bernoulli_(keep) / keep
+        return out + x
+
+
+def efficientnet_block_args(name):
+    """efficientnet-pytorch's per-block arguments for ``name``, with width/depth scaling applied.
+
+    Returns (list of (group index, BlockArgs), stem channels, head channels).
+    """
+    if name not in EFFICIENTNET_NAMES:
+        raise ValueError(f"unknown EfficientNet {name!r}; expected one of {EFFICIENTNET_NAMES}")
+    blocks_args, params = get_model_params(name, {})
+    blocks = []
+    for group, args in enumerate(blocks_args):
+        args = args._replace(
+            input_filters=round_filters(args.input_filters, params),
+            output_filters=round_filters(args.output_filters, params),
+            num_repeat=round_repeats(args.num_repeat, params),
+        )
+        blocks.append((group, args))
+        repeat_args = args._replace(input_filters=args.output_filters, stride=[1])
+        blocks += [(group, repeat_args)] * (args.num_repeat - 1)
+    return blocks, round_filters(32, params), round_filters(1280, params)
+
+
+class EfficientNet(Backbone):
+    """EfficientNet trunk with taps res2..res5 (strides 4, 8, 16, 32).
+
+    res5 is the output of the final 1x1 head conv (2048 channels for b5), as in EfficientPS.
+    """
+
+    def __init__(
+        self,
+        *,
+        name="efficientnet-b5",
+        se=False,
+        norm="BN",
+        activation="leaky_relu",
+        out_features=("res2", "res3", "res4", "res5"),
+        drop_connect_rate=0.2,
+        freeze_at=0,
+    ):
+        super().__init__()
+        unknown = set(out_features) - set(TAP_STRIDES)
+        if unknown:
+            raise ValueError(f"unknown EfficientNet out_features {sorted(unknown)}")
+        self.name = name
+        blocks, stem_channels, head_channels = efficientnet_block_args(name)
+
+        self.stem = SamePadConv2d(
+            3,
+            stem_channels,
+            3,
+            stride=2,
+            bias=False,
+            norm=_norm(norm, stem_channels),
+            activation=build_activation(activation),
+        )
+        # Taps are sequential stages so that forward is one call per stage, not per block.
+        stages = {tap: [] for tap in TAP_STRIDES}
+        tap_of_group = {}
+        for tap in reversed(list(TAP_STRIDES)):
+            for group in range(TAP_AFTER_GROUP[tap] + 1):
+                tap_of_group[group] = tap
+        self._block_index = []  # (stage, position) of efficientnet-pytorch's block i
+        for i, (group, args) in enumerate(blocks):
+            rate = drop_connect_rate * i / len(blocks)
+            tap = tap_of_group[group]
+            self._block_index.append((tap, len(stages[tap])))
+            stages[tap].append(
+                MBConvBlock(args, se=se, norm=norm, activation=activation, drop_connect_rate=rate)
+            )
+        head = SamePadConv2d(
+            blocks[-1][1].output_filters,
+            head_channels,
+            1,
+            bias=False,
+            norm=_norm(norm, head_channels),
+            activation=build_activation(activation),
+        )
+        stages["res5"].append(head)
+        self.stage_names = []
+        channels = {"res5": head_channels}
+        for tap in TAP_STRIDES:
+            self.add_module(tap, nn.Sequential(*stages[tap]))
+            if tap != "res5":
+                channels[tap] = stages[tap][-1].project.out_channels
+            self.stage_names.append(tap)
+            if tap == max(out_features, key=lambda t: TAP_STRIDES[t]):
+                break
+        self._out_features = list(out_features)
+        self._out_feature_strides = {t: TAP_STRIDES[t] for t in out_features}
+        self._out_feature_channels = {t: channels[t] for t in out_features}
+        self.freeze(freeze_at)
+
+    def forward(self, x):
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"EfficientNet expects (N, 3, H, W) images, got {tuple(x.shape)}")
+        outputs = {}
+        x = self.stem(x)
+        for tap in self.stage_names:
+            x = getattr(self, tap)(x)
+            if tap in self._out_features:
+                outputs[tap] = x
+        return outputs
+
+    def output_shape(self):
+        return {
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+            )
+            for name in self._out_features
+        }
+
+    @property
+    def size_divisibility(self):
+        return 32
+
+    @property
+    def padding_constraints(self):
+        # detectron2 main asks for this; v0.6 reads size_divisibility.
+        return {"size_divisibility": 32}
+
+    def freeze(self, freeze_at=0):
+        """Freeze the stem (freeze_at >= 1) and stages res2..res{freeze_at} (as ResNet)."""
+        frozen = [self.stem] if freeze_at >= 1 else []
+        frozen += [
+            getattr(self, f"res{i}") for i in range(2, freeze_at + 1) if hasattr(self, f"res{i}")
+        ]
+        for module in frozen:
+            for p in module.parameters():
+                p.requires_grad = False
+            FrozenBatchNorm2d.convert_frozen_batchnorm(module)
+        return self
+
+    # ---- ImageNet weights in efficientnet-pytorch's state-dict format --------------------------
+
+    def efficientnet_pytorch_key_map(self):
+        """Map efficientnet-pytorch state-dict keys to this module's keys."""
+        mapping = {}
+
+        def conv_bn(src_conv, src_bn, dst):
+            mapping[f"{src_conv}.weight"] = f"{dst}.weight"
+            for field in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                mapping[f"{src_bn}.{field}"] = f"{dst}.norm.{field}"
+
+        conv_bn("_conv_stem", "_bn0", "stem")
+        for i, (tap, pos) in enumerate(self._block_index):
+            src, dst = f"_blocks.{i}", f"{tap}.{pos}"
+            conv_bn(f"{src}._expand_conv", f"{src}._bn0", f"{dst}.expand")
+            conv_bn(f"{src}._depthwise_conv", f"{src}._bn1", f"{dst}.depthwise")
+            conv_bn(f"{src}._project_conv", f"{src}._bn2", f"{dst}.project")
+            for se_src, se_dst in (("_se_reduce", "reduce"), ("_se_expand", "expand")):
+                for field in ("weight", "bias"):
+                    mapping[f"{src}.{se_src}.{field}"] = f"{dst}.se.{se_dst}.{field}"
+        conv_bn("_conv_head", "_bn1", "res5." + str(len(self.res5) - 1))
+        return mapping
+
+    def load_efficientnet_pytorch_weights(self, path):
+        """Load ImageNet weights saved by efficientnet-pytorch (``model.state_dict()``).
+
+        Reports what was not used (classifier; SE weights when SE is removed) and what the
+        model still lacks; fails naming the file on anything that is not such a checkpoint.
+        """
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"MODEL.EFFICIENTNET.WEIGHTS: no file {path!r}. Give a local file with "
+                "efficientnet-pytorch ImageNet weights (nothing is downloaded)."
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(
+                f"MODEL.EFFICIENTNET.WEIGHTS: {path!r} is not a torch file: {e}"
+            ) from e
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict) or "_conv_stem.weight" not in state:
+            raise ValueError(
+                f"MODEL.EFFICIENTNET.WEIGHTS: {path!r} is not an efficientnet-pytorch state dict "
+                "(expected keys like '_conv_stem.weight', '_blocks.0._depthwise_conv.weight')."
+            )
+        mapping = self.efficientnet_pytorch_key_map()
+        own = self.state_dict()
+        converted, unused = {}, []
+        for key, value in state.items():
+            target = mapping.get(key)
+            if target is None or target not in own:
+                unused.append(key)
+                continue
+            if own[target].shape != value.shape:
+                raise ValueError(
+                    f"MODEL.EFFICIENTNET.WEIGHTS: {path!r} does not fit {self.name}: {key} has "
+                    f"shape {tuple(value.shape)}, expected {tuple(own[target].shape)}. "
+                    "Is it the weights of another variant?"
+                )
+            converted[target] = value
+        missing = sorted(set(own) - set(converted))
+        self.load_state_dict(converted, strict=False)
+        classifier = [k for k in unused if k.startswith("_fc.")]
+        squeeze = [k for k in unused if "_se_" in k]
+        other = sorted(set(unused) - set(classifier) - set(squeeze))
+        logger.info(
+            f"Loaded {len(converted)} tensors of {self.name} from {path}; not used: "
+            f"{len(classifier)} classifier, {len(squeeze)} squeeze-excitation (removed), "
+            f"{len(other)} other {other[:5]}; missing in file: {len(missing)} {missing[:5]}"
+        )
+        return {"loaded": sorted(converted), "missing": missing, "unused": sorted(unused)}
+
+
+@BACKBONE_REGISTRY.register()
+def build_efficientnet_backbone(cfg, input_shape=None):
+    """EfficientNet bottom-up backbone from ``cfg.MODEL.EFFICIENTNET``."""
+    if input_shape is not None and input_shape.channels not in (None, 3):
+        raise ValueError(f"EfficientNet takes 3-channel images, got {input_shape.channels}")
+    ecfg = cfg.MODEL.EFFICIENTNET
+    backbone = EfficientNet(
+        name=ecfg.NAME,
+        se=ecfg.SE,
+        norm=ecfg.NORM,
+        activation=ecfg.ACTIVATION,
+        out_features=ecfg.OUT_FEATURES,
+        drop_connect_rate=ecfg.DROP_CONNECT_RATE,
+    )
+    if ecfg.WEIGHTS:
+        backbone.load_efficientnet_pytorch_weights(ecfg.WEIGHTS)
+    # Freeze after loading, so that FrozenBN takes the loaded statistics.
+    return backbone.freeze(ecfg.FREEZE_AT)

@@ -1,0 +1,152 @@
+"""The 2-way FPN of EfficientPS, and the backbone builders that put a neck on EfficientNet.
+
+Two independent sets of 1x1 laterals feed a top-down path (coarse to fine, nearest upsampling,
+as in FPN) and a bottom-up path (fine to coarse, nearest downsampling: no parameters the paper
+does not count). Each level sums both paths and applies one 3x3 conv (separable in the paper).
+"""
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
+from torch import nn
+from torch.nn import functional as F
+
+from ..layers import conv_norm_act, conv_or_separable
+from .efficientnet import build_efficientnet_backbone
+
+
+class TwoWayFPN(Backbone):
+    """2-way FPN over a bottom-up backbone: outputs p2..p5 (+ optional p6) with ``out_channels``."""
+
+    def __init__(
+        self,
+        bottom_up,
+        *,
+        in_features=("res2", "res3", "res4", "res5"),
+        out_channels=256,
+        norm="BN",
+        activation="leaky_relu",
+        separable=True,
+        top_block=None,
+    ):
+        """
+        Args:
+            bottom_up (Backbone): gives the ``in_features`` maps, finest first.
+            separable (bool): depthwise-separable 3x3 output convs (paper) or regular (authors'
+                code).
+            top_block (nn.Module or None): e.g. LastLevelMaxPool, applied to the coarsest output
+                to add p6 for stock RPN configs.
+        """
+        super().__init__()
+        self.bottom_up = bottom_up
+        shapes = bottom_up.output_shape()
+        self.in_features = list(in_features)
+        strides = [shapes[f].stride for f in self.in_features]
+        if strides != sorted(strides):
+            raise ValueError(f"2-way FPN in_features must go fine to coarse, got {in_features}")
+
+        def laterals():
+            return nn.ModuleList(
+                conv_norm_act(shapes[f].channels, out_channels, 1, norm=norm, act=activation)
+                for f in self.in_features
+            )
+
+        self.lateral_top_down = laterals()
+        self.lateral_bottom_up = laterals()
+        self.output_convs = nn.ModuleList(
+            conv_or_separable(
+                out_channels, out_channels, 3, separable=separable, norm=norm, act=activation
+            )
+            for _ in self.in_features
+        )
+        self.top_block = top_block
+
+        levels = [f"p{int(s).bit_length() - 1}" for s in strides]  # stride 4 -> p2
+        self._out_feature_strides = dict(zip(levels, strides))
+        if top_block is not None:
+            last = strides[-1]
+            for i in range(top_block.num_levels):
+                self._out_feature_strides[f"p{(last << (i + 1)).bit_length() - 1}"] = last << (
+                    i + 1
+                )
+        self._out_features = list(self._out_feature_strides)
+        self._out_feature_channels = {k: out_channels for k in self._out_features}
+        self._size_divisibility = strides[-1]
+
+    def forward(self, x):
+        features = self.bottom_up(x)
+        inputs = [features[f] for f in self.in_features]
+
+        top_down = [None] * len(inputs)
+        top_down[-1] = self.lateral_top_down[-1](inputs[-1])
+        for i in range(len(inputs) - 2, -1, -1):
+            coarser = F.interpolate(top_down[i + 1], size=inputs[i].shape[-2:], mode="nearest")
+            top_down[i] = self.lateral_top_down[i](inputs[i]) + coarser
+
+        outputs = []
+        bottom_up = None
+        for i, feature in enumerate(inputs):
+            lateral = self.lateral_bottom_up[i](feature)
+            if bottom_up is not None:
+                lateral = lateral + F.interpolate(
+                    bottom_up, size=feature.shape[-2:], mode="nearest"
+                )
+            bottom_up = lateral
+            outputs.append(self.output_convs[i](top_down[i] + bottom_up))
+
+        if self.top_block is not None:
+            outputs.extend(self.top_block(outputs[-1]))
+        return dict(zip(self._out_features, outputs))
+
+    def output_shape(self):
+        return {
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+            )
+            for name in self._out_features
+        }
+
+    @property
+    def size_divisibility(self):
+        return self._size_divisibility
+
+    @property
+    def padding_constraints(self):
+        return {"size_divisibility": self._size_divisibility}
+
+
+TOP_BLOCKS = {"": None, "maxpool": LastLevelMaxPool}
+
+
+@BACKBONE_REGISTRY.register()
+def build_efficientnet_2wayfpn_backbone(cfg, input_shape=None):
+    """EfficientNet + 2-way FPN (EfficientPS' backbone), from MODEL.EFFICIENTNET/TWO_WAY_FPN."""
+    fcfg = cfg.MODEL.TWO_WAY_FPN
+    if fcfg.TOP_BLOCK not in TOP_BLOCKS:
+        raise ValueError(
+            f"MODEL.TWO_WAY_FPN.TOP_BLOCK={fcfg.TOP_BLOCK!r}; expected one of {list(TOP_BLOCKS)}"
+        )
+    top_block = TOP_BLOCKS[fcfg.TOP_BLOCK]
+    return TwoWayFPN(
+        build_efficientnet_backbone(cfg, input_shape),
+        in_features=fcfg.IN_FEATURES,
+        out_channels=fcfg.OUT_CHANNELS,
+        norm=fcfg.NORM,
+        activation=fcfg.ACTIVATION,
+        separable=fcfg.SEPARABLE,
+        top_block=top_block() if top_block is not None else None,
+    )
+
+
+@BACKBONE_REGISTRY.register()
+def build_efficientnet_fpn_backbone(cfg, input_shape=None):
+    """EfficientNet under detectron2's standard FPN (MODEL.FPN keys), with p6 by max-pooling."""
+    bottom_up = build_efficientnet_backbone(cfg, input_shape)
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelMaxPool(),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
