@@ -1,10 +1,24 @@
 """Shared builders for the tests: stock detectron2 configs and hand-made ground truth."""
 
+from pathlib import Path
+
 import torch
 from detectron2.config import get_cfg
 from detectron2.structures import BitMasks, Boxes, Instances
 
 from efficientps import add_efficientps_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+BASE_CONFIG = str(CONFIGS / "Base-EfficientPS.yaml")
+
+
+def base_cfg():
+    """Base-EfficientPS.yaml with ``add_efficientps_config``; not frozen."""
+    cfg = get_cfg()
+    add_efficientps_config(cfg)
+    cfg.merge_from_file(BASE_CONFIG)
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
 
 
 def stock_mask_rcnn_cfg():

@@ -1,0 +1,216 @@
+"""EfficientPS' Mask R-CNN variant: RPN head, box head, separable mask head and ROI heads.
+
+The paper replaces every standard conv of Mask R-CNN with a depthwise-separable one and BN with
+iABN (norm + LeakyReLU); the authors' code does so in the mask head only. Each piece has its own
+switch. The ROI heads also return each detection's mask *logits*, which the panoptic fusion needs.
+"""
+
+from typing import Dict, List
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, ConvTranspose2d, ShapeSpec, cat
+from detectron2.modeling import (
+    ROI_BOX_HEAD_REGISTRY,
+    ROI_HEADS_REGISTRY,
+    ROI_MASK_HEAD_REGISTRY,
+    RPN_HEAD_REGISTRY,
+    StandardROIHeads,
+)
+from detectron2.modeling.anchor_generator import build_anchor_generator
+from detectron2.modeling.roi_heads.mask_head import BaseMaskRCNNHead, mask_rcnn_inference
+from detectron2.structures import Instances
+from torch import nn
+
+from ..layers import build_activation, conv_or_separable
+
+
+@RPN_HEAD_REGISTRY.register()
+class EfficientPSRPNHead(nn.Module):
+    """RPN head shared over levels: 3x3 conv (+ norm) + activation, 1x1 objectness, 1x1 deltas.
+
+    ``separable=False`` (default) is what matches the paper's parameter count.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        in_channels,
+        num_anchors,
+        box_dim=4,
+        separable=False,
+        norm="",
+        activation="leaky_relu",
+    ):
+        super().__init__()
+        self.conv = conv_or_separable(
+            in_channels, in_channels, 3, separable=separable, norm=norm, act=activation
+        )
+        self.objectness_logits = nn.Conv2d(in_channels, num_anchors, 1)
+        self.anchor_deltas = nn.Conv2d(in_channels, num_anchors * box_dim, 1)
+        for layer in self.modules():
+            if isinstance(layer, nn.Conv2d):
+                nn.init.normal_(layer.weight, std=0.01)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        channels = {s.channels for s in input_shape}
+        if len(channels) != 1:
+            raise ValueError(f"RPN levels must have the same channels, got {sorted(channels)}")
+        anchor_generator = build_anchor_generator(cfg, input_shape)
+        if len(set(anchor_generator.num_anchors)) != 1:
+            raise ValueError("each RPN level must have the same number of anchors per position")
+        return {
+            "in_channels": channels.pop(),
+            "num_anchors": anchor_generator.num_anchors[0],
+            "box_dim": anchor_generator.box_dim,
+            "separable": cfg.MODEL.RPN.SEPARABLE,
+            "norm": cfg.MODEL.RPN.NORM,
+            "activation": cfg.MODEL.RPN.ACTIVATION,
+        }
+
+    def forward(self, features: List[torch.Tensor]):
+        objectness, deltas = [], []
+        for x in features:
+            hidden = self.conv(x)
+            objectness.append(self.objectness_logits(hidden))
+            deltas.append(self.anchor_deltas(hidden))
+        return objectness, deltas
+
+
+def _fc_norm(norm, dim):
+    if norm in ("", None):
+        return None
+    if norm in ("BN", "SyncBN", "naiveSyncBN", "FrozenBN"):
+        return nn.BatchNorm1d(dim)
+    if norm == "GN":
+        return nn.GroupNorm(32, dim)
+    raise ValueError(f"unknown box-head norm {norm!r}")
+
+
+@ROI_BOX_HEAD_REGISTRY.register()
+class EfficientPSBoxHead(nn.Sequential):
+    """Box head: flatten, then ``num_fc`` x [FC ``fc_dim`` + optional norm + activation]."""
+
+    @configurable
+    def __init__(self, input_shape: ShapeSpec, *, num_fc=2, fc_dim=1024, norm="", activation=""):
+        super().__init__()
+        in_dim = input_shape.channels * (input_shape.height or 1) * (input_shape.width or 1)
+        self.add_module("flatten", nn.Flatten())
+        for k in range(num_fc):
+            fc = nn.Linear(in_dim, fc_dim)
+            nn.init.kaiming_uniform_(fc.weight, a=1)  # detectron2's c2_xavier_fill
+            nn.init.zeros_(fc.bias)
+            self.add_module(f"fc{k + 1}", fc)
+            norm_layer = _fc_norm(norm, fc_dim)
+            if norm_layer is not None:
+                self.add_module(f"fc{k + 1}_norm", norm_layer)
+            self.add_module(f"fc{k + 1}_act", build_activation(activation or "relu"))
+            in_dim = fc_dim
+        self._output_size = in_dim
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        return {
+            "input_shape": input_shape,
+            "num_fc": cfg.MODEL.ROI_BOX_HEAD.NUM_FC,
+            "fc_dim": cfg.MODEL.ROI_BOX_HEAD.FC_DIM,
+            "norm": cfg.MODEL.ROI_BOX_HEAD.NORM,
+            "activation": cfg.MODEL.ROI_BOX_HEAD.ACTIVATION,
+        }
+
+    @property
+    def output_shape(self):
+        return ShapeSpec(channels=self._output_size)
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class EfficientPSMaskHead(BaseMaskRCNNHead, nn.Sequential):
+    """Mask head: ``num_conv`` x [3x3 (separable) conv + norm + act], 2x2 deconv + act, 1x1.
+
+    Gives per-class 28x28 mask logits from 14x14 ROI features; BCE loss (detectron2's).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: ShapeSpec,
+        *,
+        num_classes,
+        conv_dims=(256, 256, 256, 256),
+        separable=True,
+        norm="BN",
+        activation="leaky_relu",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        channels = input_shape.channels
+        for k, dim in enumerate(conv_dims):
+            conv = conv_or_separable(
+                channels, dim, 3, separable=separable, norm=norm, act=activation
+            )
+            self.add_module(f"mask_fcn{k + 1}", conv)
+            channels = dim
+        self.deconv = ConvTranspose2d(channels, channels, kernel_size=2, stride=2)
+        self.deconv_act = build_activation(activation)
+        self.predictor = Conv2d(channels, num_classes, kernel_size=1)
+        nn.init.kaiming_normal_(self.deconv.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.deconv.bias)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.zeros_(self.predictor.bias)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        args = super().from_config(cfg, input_shape)
+        mcfg = cfg.MODEL.ROI_MASK_HEAD
+        args.update(
+            input_shape=input_shape,
+            num_classes=1 if mcfg.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            conv_dims=[mcfg.CONV_DIM] * mcfg.NUM_CONV,
+            separable=mcfg.SEPARABLE,
+            norm=mcfg.NORM,
+            activation=mcfg.ACTIVATION,
+        )
+        return args
+
+    def layers(self, x):
+        for layer in self:
+            x = layer(x)
+        return x
+
+
+def select_class_mask_logits(mask_logits, instances):
+    """(R, C, h, w) per-class logits -> (R, 1, h, w) logits of each detection's class."""
+    if mask_logits.shape[1] == 1:
+        return mask_logits
+    classes = cat([i.pred_classes for i in instances])
+    return mask_logits[torch.arange(len(classes), device=classes.device), classes][:, None]
+
+
+@ROI_HEADS_REGISTRY.register()
+class EfficientPSROIHeads(StandardROIHeads):
+    """StandardROIHeads whose inference also sets ``pred_mask_logits`` on each detection.
+
+    ``pred_mask_logits`` (R, 1, 28, 28) are the mask head's logits for the detection's class,
+    before the sigmoid; ``pred_masks`` stays detectron2's (its sigmoid). The panoptic fusion of
+    EfficientPS fuses logits, not probabilities.
+    """
+
+    def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
+        if self.training or not self.mask_on:
+            return super()._forward_mask(features, instances)
+        if self.mask_pooler is not None:
+            pooled = self.mask_pooler(
+                [features[f] for f in self.mask_in_features], [x.pred_boxes for x in instances]
+            )
+        else:
+            pooled = {f: features[f] for f in self.mask_in_features}
+        mask_logits = self.mask_head.layers(pooled)
+        mask_rcnn_inference(mask_logits, instances)
+        selected = select_class_mask_logits(mask_logits, instances)
+        for logits, inst in zip(selected.split([len(i) for i in instances]), instances):
+            inst.pred_mask_logits = logits
+        return instances

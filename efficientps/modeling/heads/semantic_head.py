@@ -1,0 +1,194 @@
+"""EfficientPS' semantic head: LSFE on p2/p3, DPC on p4/p5, mismatch correction, 1x1 classifier.
+
+Predicts every class (stuff and thing). Logits are computed at 1/4 and upsampled (bilinear x4) to
+the padded input size. Loss: cross entropy over the hardest fraction of pixels (paper: 25%).
+"""
+
+import math
+from typing import Dict
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, ShapeSpec
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+from torch import nn
+from torch.nn import functional as F
+
+from ..layers import SeparableConv2d, conv_norm_act
+
+PAPER_DPC_DILATIONS = ((1, 6), (1, 1), (6, 21), (18, 15), (6, 3))
+
+
+def hard_pixel_cross_entropy(logits, targets, *, ignore_index=255, fraction=0.25):
+    """Cross entropy averaged over the hardest ``fraction`` of each image's valid pixels.
+
+    Ignored pixels are excluded before ranking. Each image contributes the mean of its top
+    ``ceil(fraction * valid)`` pixel losses (the paper's weight 4/(W*H) on the worst quarter);
+    the result is the mean over images that have valid pixels. ``fraction=1`` is plain CE.
+
+    Args:
+        logits: (N, C, H, W) float. targets: (N, H, W) int64 class indices or ``ignore_index``.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"hard-pixel fraction must be in (0, 1], got {fraction}")
+    losses = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="none")
+    valid = targets != ignore_index
+    per_image = []
+    for loss, mask in zip(losses.flatten(1), valid.flatten(1)):
+        loss = loss[mask]
+        if loss.numel() == 0:
+            continue
+        k = max(1, math.ceil(fraction * loss.numel()))
+        per_image.append(
+            loss.topk(k, sorted=False).values.mean() if k < loss.numel() else loss.mean()
+        )
+    if not per_image:
+        return logits.sum() * 0.0  # keeps the graph connected: every parameter gets a zero grad
+    return torch.stack(per_image).mean()
+
+
+class LSFE(nn.Sequential):
+    """Large-scale feature extractor: two 3x3 separable convs (in -> dim -> dim)."""
+
+    def __init__(self, in_channels, dim, *, norm, act):
+        super().__init__(
+            SeparableConv2d(in_channels, dim, 3, norm=norm, act=act),
+            SeparableConv2d(dim, dim, 3, norm=norm, act=act),
+        )
+
+
+class DPC(nn.Module):
+    """Dense prediction cell: five dilated separable 3x3 branches, concat, 1x1 to ``dim``.
+
+    Branch 0 reads the input; branches 1, 2, 3 read branch 0; branch 4 reads branch 3.
+    """
+
+    def __init__(self, in_channels, dim, *, dilations=PAPER_DPC_DILATIONS, norm, act):
+        super().__init__()
+        if len(dilations) != 5:
+            raise ValueError(f"DPC takes 5 (row, col) dilations, got {dilations}")
+        self.branches = nn.ModuleList(
+            SeparableConv2d(in_channels, in_channels, 3, dilation=tuple(d), norm=norm, act=act)
+            for d in dilations
+        )
+        self.project = conv_norm_act(5 * in_channels, dim, 1, norm=norm, act=act)
+
+    def forward(self, x):
+        b0 = self.branches[0](x)
+        b1 = self.branches[1](b0)
+        b2 = self.branches[2](b0)
+        b3 = self.branches[3](b0)
+        b4 = self.branches[4](b3)
+        return self.project(torch.cat([b0, b1, b2, b3, b4], dim=1))
+
+
+class MismatchCorrection(nn.Module):
+    """Two 3x3 separable convs, then bilinear upsampling (x2) to the next finer level's size."""
+
+    def __init__(self, dim, *, norm, act):
+        super().__init__()
+        self.convs = nn.Sequential(
+            SeparableConv2d(dim, dim, 3, norm=norm, act=act),
+            SeparableConv2d(dim, dim, 3, norm=norm, act=act),
+        )
+
+    def forward(self, x, size):
+        return _resize(self.convs(x), size)
+
+
+def _resize(x, size):
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class EfficientPSSemSegHead(nn.Module):
+    """Semantic head of EfficientPS over p2 (1/4), p3 (1/8), p4 (1/16), p5 (1/32).
+
+    ``forward(features, targets)`` returns ``(logits, losses)`` in training and ``(logits, {})``
+    at inference: unlike detectron2's SemSegFPNHead it hands back the logits in training as
+    well, because EfficientPS' learned panoptic fusion trains on them. Logits have
+    ``num_classes`` channels at the padded input size.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        num_classes,
+        in_features=("p2", "p3", "p4", "p5"),
+        conv_dims=128,
+        norm="BN",
+        activation="leaky_relu",
+        dpc_dilations=PAPER_DPC_DILATIONS,
+        ignore_value=255,
+        loss_weight=1.0,
+        hard_pixel_fraction=0.25,
+    ):
+        super().__init__()
+        if len(in_features) != 4:
+            raise ValueError(f"EfficientPS' semantic head takes 4 levels, got {in_features}")
+        self.in_features = list(in_features)
+        shapes = [input_shape[f] for f in self.in_features]
+        self.common_stride = shapes[0].stride
+        kw = {"norm": norm, "act": activation}
+        self.lsfe_4 = LSFE(shapes[0].channels, conv_dims, **kw)
+        self.lsfe_8 = LSFE(shapes[1].channels, conv_dims, **kw)
+        self.dpc_16 = DPC(shapes[2].channels, conv_dims, dilations=dpc_dilations, **kw)
+        self.dpc_32 = DPC(shapes[3].channels, conv_dims, dilations=dpc_dilations, **kw)
+        self.mc_16_to_8 = MismatchCorrection(conv_dims, **kw)
+        self.mc_8_to_4 = MismatchCorrection(conv_dims, **kw)
+        self.predictor = Conv2d(4 * conv_dims, num_classes, 1)
+        nn.init.normal_(self.predictor.weight, std=0.01)
+        nn.init.zeros_(self.predictor.bias)
+        self.num_classes = num_classes
+        self.ignore_value = ignore_value
+        self.loss_weight = loss_weight
+        self.hard_pixel_fraction = hard_pixel_fraction
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        hcfg = cfg.MODEL.SEM_SEG_HEAD
+        return {
+            "input_shape": {k: v for k, v in input_shape.items() if k in hcfg.IN_FEATURES},
+            "num_classes": hcfg.NUM_CLASSES,
+            "in_features": hcfg.IN_FEATURES,
+            "conv_dims": hcfg.CONVS_DIM,
+            "norm": hcfg.NORM,
+            "activation": hcfg.ACTIVATION,
+            "dpc_dilations": [tuple(d) for d in hcfg.DPC_DILATIONS],
+            "ignore_value": hcfg.IGNORE_VALUE,
+            "loss_weight": hcfg.LOSS_WEIGHT,
+            "hard_pixel_fraction": hcfg.HARD_PIXEL_FRACTION,
+        }
+
+    def layers(self, features):
+        """Logits at the finest input level (1/4) from the feature dict."""
+        p4, p8, p16, p32 = (features[f] for f in self.in_features)
+        d32 = self.dpc_32(p32)
+        d16 = self.dpc_16(p16)
+        m8 = self.mc_16_to_8(d16 + _resize(d32, d16.shape[-2:]), p8.shape[-2:])
+        l8 = self.lsfe_8(p8) + m8
+        l4 = self.lsfe_4(p4) + self.mc_8_to_4(l8, p4.shape[-2:])
+        size = l4.shape[-2:]
+        fused = torch.cat([l4, _resize(l8, size), _resize(d16, size), _resize(d32, size)], dim=1)
+        return self.predictor(fused)
+
+    def forward(self, features, targets=None):
+        logits = self.layers(features)
+        logits = F.interpolate(
+            logits, scale_factor=self.common_stride, mode="bilinear", align_corners=False
+        )
+        if not self.training:
+            return logits, {}
+        if targets is None:
+            raise ValueError("EfficientPSSemSegHead needs sem_seg targets in training")
+        return logits, self.losses(logits, targets)
+
+    def losses(self, logits, targets):
+        loss = hard_pixel_cross_entropy(
+            logits, targets, ignore_index=self.ignore_value, fraction=self.hard_pixel_fraction
+        )
+        return {"loss_sem_seg": loss * self.loss_weight}

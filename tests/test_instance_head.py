@@ -1,0 +1,132 @@
+"""EfficientPS' Mask R-CNN pieces: RPN head, box head, separable mask head, ROI heads."""
+
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.proposal_generator import build_proposal_generator
+from detectron2.modeling.roi_heads import build_roi_heads
+from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.utils.events import EventStorage
+
+from efficientps.modeling.heads import (
+    EfficientPSBoxHead,
+    EfficientPSMaskHead,
+    EfficientPSROIHeads,
+    EfficientPSRPNHead,
+)
+
+from .helpers import base_cfg, synthetic_instances
+from .param_counts import print_param_counts, separable
+
+PYRAMID = {f"p{i}": ShapeSpec(channels=256, stride=2**i) for i in range(2, 6)}
+
+
+def features(height, width, batch=1):
+    return {
+        name: torch.rand(batch, 256, -(-height // s.stride), -(-width // s.stride))
+        for name, s in PYRAMID.items()
+    }
+
+
+def cityscapes_cfg(**rpn):
+    cfg = base_cfg()  # Cityscapes setting: 8 thing classes
+    for key, value in rpn.items():
+        cfg.MODEL.RPN[key] = value
+    return cfg
+
+
+def test_parameter_counts_match_the_spec():
+    cfg = cityscapes_cfg()
+    rpn = build_proposal_generator(cfg, PYRAMID)
+    roi = build_roi_heads(cfg, PYRAMID)
+    assert isinstance(rpn.rpn_head, EfficientPSRPNHead)
+    assert isinstance(roi, EfficientPSROIHeads)
+    assert isinstance(roi.box_head, EfficientPSBoxHead)
+    assert isinstance(roi.mask_head, EfficientPSMaskHead)
+    counts = print_param_counts(
+        {
+            "RPN head (regular 3x3)": rpn,
+            "box head + predictor (9 classes)": torch.nn.ModuleList(
+                [roi.box_head, roi.box_predictor]
+            ),
+            "mask head (8 classes)": roi.mask_head,
+        }
+    )
+    rpn_expected = (256 * 256 * 9 + 256) + (256 * 3 + 3) + (256 * 12 + 12)
+    box_expected = (256 * 7 * 7 * 1024 + 1024) + (1024 * 1024 + 1024)
+    box_expected += (1024 * 9 + 9) + (1024 * 8 * 4 + 8 * 4)  # class-specific regression
+    mask_expected = 4 * separable(256, 256) + (256 * 256 * 4 + 256) + (256 * 8 + 8)
+    assert list(counts.values()) == [rpn_expected, box_expected, mask_expected]
+    assert round(rpn_expected / 1e6, 2) == 0.59
+    assert round(box_expected / 1e6, 1) == 13.9
+    assert round(mask_expected / 1e6, 2) == 0.54
+
+
+def test_rpn_separable_switch():
+    regular = build_proposal_generator(cityscapes_cfg(SEPARABLE=False), PYRAMID)
+    sep = build_proposal_generator(cityscapes_cfg(SEPARABLE=True, NORM="BN"), PYRAMID)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(regular) - count(sep) == (256 * 256 * 9 + 256) - separable(256, 256)
+
+
+def test_rpn_head_shapes_on_odd_sizes():
+    cfg = cityscapes_cfg()
+    rpn = build_proposal_generator(cfg, PYRAMID)
+    feats = features(200, 249)
+    objectness, deltas = rpn.rpn_head([feats[f] for f in cfg.MODEL.RPN.IN_FEATURES])
+    for obj, delta, f in zip(objectness, deltas, cfg.MODEL.RPN.IN_FEATURES):
+        assert obj.shape[1:] == (3, *feats[f].shape[-2:])
+        assert delta.shape[1:] == (12, *feats[f].shape[-2:])
+
+
+def test_mask_head_gives_28x28_logits_per_class():
+    cfg = cityscapes_cfg()
+    head = build_roi_heads(cfg, PYRAMID).mask_head
+    assert head.layers(torch.rand(5, 256, 14, 14)).shape == (5, 8, 28, 28)
+    regular = cfg.clone()
+    regular.MODEL.ROI_MASK_HEAD.SEPARABLE = False
+    regular_head = build_roi_heads(regular, PYRAMID).mask_head
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(regular_head) - count(head) == 4 * (256 * 256 * 9 + 512 - separable(256, 256))
+
+
+def proposals_for(height, width, boxes):
+    proposals = Instances((height, width))
+    proposals.proposal_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+    proposals.objectness_logits = torch.ones(len(boxes))
+    return proposals
+
+
+def test_roi_heads_return_mask_logits_whose_sigmoid_is_pred_masks():
+    torch.manual_seed(0)
+    cfg = cityscapes_cfg()
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # random weights: keep every detection
+    roi = build_roi_heads(cfg, PYRAMID).eval()
+    boxes = [[10, 10, 80, 90], [40, 30, 150, 120], [100, 5, 200, 60]]
+    with torch.no_grad():
+        (detections,), _ = roi(None, features(160, 224), [proposals_for(160, 224, boxes)])
+    assert len(detections) > 0
+    logits = detections.pred_mask_logits
+    assert logits.shape == (len(detections), 1, 28, 28)
+    torch.testing.assert_close(logits.sigmoid(), detections.pred_masks)
+    assert (logits < 0).any() or (logits > 1).any()  # logits, not probabilities
+
+
+def test_roi_heads_train_and_every_parameter_gets_gradients():
+    torch.manual_seed(0)
+    cfg = cityscapes_cfg()
+    rpn = build_proposal_generator(cfg, PYRAMID).train()
+    roi = build_roi_heads(cfg, PYRAMID).train()
+    feats = features(192, 256)
+    images = ImageList(torch.zeros(1, 3, 192, 256), [(192, 256)])
+    gt = synthetic_instances(
+        192, 256, boxes=((20, 30, 120, 150), (130, 40, 250, 180)), classes=(0, 5)
+    )
+    with EventStorage():
+        proposals, rpn_losses = rpn(images, feats, [gt])
+        _, roi_losses = roi(images, feats, proposals, [gt])
+    losses = {**rpn_losses, **roi_losses}
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"}
+    sum(losses.values()).backward()
+    for module in (rpn, roi):
+        for name, p in module.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, name

@@ -1,0 +1,141 @@
+"""EfficientPS semantic head (LSFE, DPC, MC) and the hardest-pixel loss."""
+
+import math
+
+import pytest
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.meta_arch.semantic_seg import build_sem_seg_head
+from torch.nn import functional as F
+
+from efficientps.modeling.heads import DPC, EfficientPSSemSegHead, hard_pixel_cross_entropy
+
+from .helpers import base_cfg
+from .param_counts import print_param_counts, separable
+
+PYRAMID = {f"p{i}": ShapeSpec(channels=256, stride=2**i) for i in range(2, 6)}
+
+
+def pyramid_features(height, width, batch=1):
+    # Backbone maps for a padded image: each level is ceil(size / stride).
+    return {
+        name: torch.rand(batch, 256, -(-height // s.stride), -(-width // s.stride))
+        for name, s in PYRAMID.items()
+    }
+
+
+def build_head(num_classes=19, **overrides):
+    cfg = base_cfg()
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = num_classes
+    for key, value in overrides.items():
+        cfg.MODEL.SEM_SEG_HEAD[key] = value
+    return build_sem_seg_head(cfg, PYRAMID)
+
+
+def test_registered_and_parameter_count_matches_the_spec():
+    head = build_head(19)
+    assert isinstance(head, EfficientPSSemSegHead)
+    lsfe = separable(256, 128) + separable(128, 128)
+    dpc = 5 * separable(256, 256) + (1280 * 128 + 2 * 128)
+    mc = 2 * separable(128, 128)
+    classifier = 512 * 19 + 19
+    expected = 2 * lsfe + 2 * dpc + 2 * mc + classifier
+    assert print_param_counts({"semantic head (19 classes)": head})[
+        "semantic head (19 classes)"
+    ] == (expected)
+    assert round(expected / 1e6, 1) == 1.2
+
+
+@pytest.mark.parametrize("size", [(224, 256), (256, 288)])
+def test_logits_at_padded_input_size_in_train_and_eval(size):
+    head = build_head(7)
+    features = pyramid_features(*size, batch=2)
+    head.eval()
+    with torch.no_grad():
+        logits, losses = head(features)
+    assert logits.shape == (2, 7, *size) and losses == {}
+    head.train()
+    targets = torch.randint(0, 7, (2, *size))
+    logits, losses = head(features, targets)
+    assert logits.shape == (2, 7, *size)
+    assert set(losses) == {"loss_sem_seg"} and torch.isfinite(losses["loss_sem_seg"])
+
+
+def test_odd_feature_sizes_are_aligned():
+    # Feature maps of an unpadded odd image (e.g. 200x249): levels are not exact halves.
+    head = build_head(5).eval()
+    features = {
+        "p2": torch.rand(1, 256, 50, 63),
+        "p3": torch.rand(1, 256, 25, 32),
+        "p4": torch.rand(1, 256, 13, 16),
+        "p5": torch.rand(1, 256, 7, 8),
+    }
+    with torch.no_grad():
+        logits, _ = head(features)
+    assert logits.shape == (1, 5, 200, 252)
+
+
+def test_gradients_reach_every_parameter():
+    head = build_head(4).train()
+    logits, losses = head(pyramid_features(128, 160), torch.randint(0, 4, (1, 128, 160)))
+    losses["loss_sem_seg"].backward()
+    for name, p in head.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_dpc_branch_4_reads_branch_3():
+    dpc = DPC(8, 4, norm="", act="")
+    seen = {}
+    for i, branch in enumerate(dpc.branches):
+        branch.register_forward_hook(lambda m, inp, out, i=i: seen.__setitem__(i, (inp[0], out)))
+    dpc(torch.rand(1, 8, 30, 40))
+    assert seen[4][0] is seen[3][1]
+    for i in (1, 2, 3):
+        assert seen[i][0] is seen[0][1]
+    dilations = [b.depthwise.dilation for b in dpc.branches]
+    assert dilations == [(1, 6), (1, 1), (6, 21), (18, 15), (6, 3)]
+    assert [b.depthwise.padding for b in dpc.branches] == dilations  # 'same' for 3x3
+
+
+def test_hard_pixel_loss_matches_hand_computation():
+    # One image, 2 classes, 2x4 pixels, one ignored. Per-pixel CE by hand, then mean of the
+    # hardest ceil(0.25 * 7) = 2 valid pixels.
+    logits = torch.tensor(
+        [
+            [[0.0, 1.0, 2.0, 3.0], [0.5, -1.0, 4.0, 0.0]],
+            [[1.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 9.0]],
+        ]
+    )[None]
+    targets = torch.tensor([[[0, 0, 1, 1], [1, 0, 0, 255]]])
+    pixel_losses = []
+    for y in range(2):
+        for x in range(4):
+            t = int(targets[0, y, x])
+            if t == 255:
+                continue
+            a, b = float(logits[0, 0, y, x]), float(logits[0, 1, y, x])
+            lse = math.log(math.exp(a) + math.exp(b))
+            pixel_losses.append(lse - (a if t == 0 else b))
+    hardest = sorted(pixel_losses, reverse=True)[:2]
+    loss = hard_pixel_cross_entropy(logits, targets, ignore_index=255, fraction=0.25)
+    assert loss.item() == pytest.approx(sum(hardest) / 2, rel=1e-6)
+    plain = hard_pixel_cross_entropy(logits, targets, ignore_index=255, fraction=1.0)
+    assert plain.item() == pytest.approx(
+        F.cross_entropy(logits, targets, ignore_index=255).item(), rel=1e-6
+    )
+
+
+def test_hard_pixel_loss_ranks_per_image_and_handles_all_ignored():
+    logits = torch.zeros(2, 3, 4, 4)
+    logits[0, 0] = 5.0  # image 0 is confidently class 0
+    targets = torch.full((2, 4, 4), 255)
+    targets[0] = 0
+    targets[0, 0, 0] = 2  # one hard pixel in image 0; image 1 is all ignored
+    loss = hard_pixel_cross_entropy(logits, targets, fraction=0.25)
+    per_pixel = F.cross_entropy(logits[:1], targets[:1], reduction="none").flatten()
+    assert loss.item() == pytest.approx(per_pixel.topk(4).values.mean().item(), rel=1e-6)
+    empty = hard_pixel_cross_entropy(logits.requires_grad_(), torch.full((2, 4, 4), 255))
+    assert empty.item() == 0.0
+    empty.backward()  # still differentiable: DDP needs every parameter in the graph
+    with pytest.raises(ValueError, match="fraction"):
+        hard_pixel_cross_entropy(logits, targets, fraction=0.0)
