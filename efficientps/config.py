@@ -91,6 +91,12 @@ def _add_model_config(cfg):
     cfg.MODEL.EFFICIENTPS.FUSION_MASK_LOGIT_SCALE = 1.0
     # Loss weight of the learned fusion's panoptic cross entropy.
     cfg.MODEL.EFFICIENTPS.FUSION_LOSS_WEIGHT = 1.0
+    # The learned fusion's loss is computed at this fraction of the input size (memory).
+    cfg.MODEL.EFFICIENTPS.FUSION_LOSS_SCALE = 0.25
+    # Semantic channels of the stuff classes and of thing index 0..T-1. Empty: read from the
+    # metadata of the first dataset in DATASETS.TRAIN (or TEST).
+    cfg.MODEL.EFFICIENTPS.STUFF_CHANNELS = []
+    cfg.MODEL.EFFICIENTPS.THING_CHANNELS = []
 
 
 def _add_input_config(cfg):

@@ -1,0 +1,15 @@
+"""The EfficientPS meta-architecture and its panoptic fusion; importing registers the model."""
+
+from .efficientps import EfficientPS
+from .learned_fusion import LearnedPanopticFusion
+from .mask_paste import paste_mask_logits
+from .panoptic_fusion import fuse_panoptic, fused_instance_logits, overlap_filter
+
+__all__ = [
+    "EfficientPS",
+    "LearnedPanopticFusion",
+    "fuse_panoptic",
+    "fused_instance_logits",
+    "overlap_filter",
+    "paste_mask_logits",
+]

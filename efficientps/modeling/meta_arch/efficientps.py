@@ -1,0 +1,242 @@
+"""The EfficientPS meta-architecture: backbone -> semantic head + RPN + ROI heads -> fusion."""
+
+import logging
+from typing import Dict, List
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import (
+    META_ARCH_REGISTRY,
+    build_backbone,
+    build_proposal_generator,
+    build_roi_heads,
+    build_sem_seg_head,
+)
+from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
+from detectron2.structures import ImageList, Instances
+from torch import nn
+from torch.nn import functional as F
+
+from ...class_tables import PanopticClassTables
+from ..heads.instance_head import select_class_mask_logits
+from ..layers import fold_batchnorm
+from .learned_fusion import LearnedPanopticFusion
+from .mask_paste import paste_mask_logits
+from .panoptic_fusion import fuse_panoptic
+
+logger = logging.getLogger(__name__)
+
+FUSIONS = ("paper", "learned")
+
+
+@META_ARCH_REGISTRY.register()
+class EfficientPS(nn.Module):
+    """EfficientPS (Mohan & Valada, IJCV 2021) in detectron2's model interface.
+
+    Training returns a dict of losses (semantic, RPN, ROI and, for the learned fusion, the
+    panoptic loss). Inference returns per image {"sem_seg", "instances", "panoptic_seg"} resized
+    to the input's "height"/"width"; panoptic segments use semantic channels as category ids.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone,
+        sem_seg_head,
+        proposal_generator,
+        roi_heads,
+        pixel_mean,
+        pixel_std,
+        class_tables: PanopticClassTables,
+        fusion="paper",
+        fusion_score_thresh=0.5,
+        fusion_overlap_thresh=0.5,
+        fusion_stuff_area=2048,
+        fusion_stuff_area_reference=(1024, 2048),
+        fusion_mask_logit_scale=1.0,
+        fusion_loss_weight=1.0,
+        fusion_loss_scale=0.25,
+    ):
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"MODEL.EFFICIENTPS.FUSION={fusion!r}; expected one of {FUSIONS}")
+        if sem_seg_head.num_classes != class_tables.num_classes:
+            raise ValueError(
+                f"semantic head predicts {sem_seg_head.num_classes} classes but the class tables "
+                f"have {class_tables.num_classes} ({len(class_tables.stuff_channels)} stuff + "
+                f"{class_tables.num_things} things)"
+            )
+        if roi_heads.num_classes != class_tables.num_things:
+            raise ValueError(
+                f"ROI heads predict {roi_heads.num_classes} thing classes but the class tables "
+                f"have {class_tables.num_things}"
+            )
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.proposal_generator = proposal_generator
+        self.roi_heads = roi_heads
+        self.class_tables = class_tables
+        self.fusion = fusion
+        self.learned_fusion = (
+            LearnedPanopticFusion(
+                class_tables.num_things,
+                loss_weight=fusion_loss_weight,
+                loss_scale=fusion_loss_scale,
+                ignore_value=sem_seg_head.ignore_value,
+            )
+            if fusion == "learned"
+            else None
+        )
+        self.fusion_score_thresh = fusion_score_thresh
+        self.fusion_overlap_thresh = fusion_overlap_thresh
+        self.fusion_stuff_area = fusion_stuff_area
+        self.fusion_stuff_area_reference = tuple(fusion_stuff_area_reference)
+        self.fusion_mask_logit_scale = fusion_mask_logit_scale
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        ecfg = cfg.MODEL.EFFICIENTPS
+        model = {
+            "backbone": backbone,
+            "sem_seg_head": build_sem_seg_head(cfg, backbone.output_shape()),
+            "proposal_generator": build_proposal_generator(cfg, backbone.output_shape()),
+            "roi_heads": build_roi_heads(cfg, backbone.output_shape()),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "class_tables": PanopticClassTables.from_config(cfg),
+            "fusion": ecfg.FUSION,
+            "fusion_score_thresh": ecfg.FUSION_SCORE_THRESH,
+            "fusion_overlap_thresh": ecfg.FUSION_OVERLAP_THRESH,
+            "fusion_stuff_area": ecfg.FUSION_STUFF_AREA,
+            "fusion_stuff_area_reference": ecfg.FUSION_STUFF_AREA_REFERENCE,
+            "fusion_mask_logit_scale": ecfg.FUSION_MASK_LOGIT_SCALE,
+            "fusion_loss_weight": ecfg.FUSION_LOSS_WEIGHT,
+            "fusion_loss_scale": ecfg.FUSION_LOSS_SCALE,
+        }
+        parameters = sum(
+            p.numel() for m in model.values() if isinstance(m, nn.Module) for p in m.parameters()
+        )
+        logger.info(
+            f"EfficientPS with {cfg.MODEL.EFFICIENTNET.NAME}: {parameters / 1e6:.2f} M parameters"
+        )
+        return model
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    def preprocess_image(self, batched_inputs):
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
+        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+
+    def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
+        """detectron2's model interface; see the class docstring for what comes back."""
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        if not self.training:
+            return self.inference(batched_inputs, images, features)
+
+        sem_targets = ImageList.from_tensors(
+            [x["sem_seg"].to(self.device) for x in batched_inputs],
+            self.backbone.size_divisibility,
+            self.sem_seg_head.ignore_value,
+        ).tensor
+        sem_logits, losses = self.sem_seg_head(features, sem_targets)
+        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
+        _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
+        losses.update(proposal_losses)
+        losses.update(detector_losses)
+        if self.learned_fusion is not None:
+            losses.update(
+                self._learned_fusion_loss(features, sem_logits, sem_targets, gt_instances)
+            )
+        return losses
+
+    def _learned_fusion_loss(self, features, sem_logits, sem_targets, gt_instances):
+        roi = self.roi_heads
+        pooled = roi.mask_pooler(
+            [features[f] for f in roi.mask_in_features], [x.gt_boxes for x in gt_instances]
+        )
+        mask_logits = roi.mask_head.layers(pooled)
+        for x in gt_instances:
+            x.pred_classes = x.gt_classes
+        selected = select_class_mask_logits(mask_logits, gt_instances)[:, 0]
+        height, width = sem_targets.shape[-2:]
+        targets = []
+        for sem, inst in zip(sem_targets, gt_instances):
+            masks = inst.gt_masks.tensor
+            pad = (0, width - masks.shape[-1], 0, height - masks.shape[-2])
+            padded = Instances((height, width), gt_boxes=inst.gt_boxes, gt_classes=inst.gt_classes)
+            padded.gt_masks = type(inst.gt_masks)(F.pad(masks, pad))
+            targets.append({"sem_seg": sem, "instances": padded})
+        return self.learned_fusion.loss(
+            sem_logits,
+            selected.split([len(x) for x in gt_instances]),
+            targets,
+            stuff_channels=self.class_tables.stuff_channels,
+            thing_channels=self.class_tables.thing_channels,
+        )
+
+    def inference(self, batched_inputs, images, features):
+        sem_logits, _ = self.sem_seg_head(features)
+        proposals, _ = self.proposal_generator(images, features, None)
+        detections, _ = self.roi_heads(images, features, proposals, None)
+        results = []
+        for sem, det, x, image_size in zip(
+            sem_logits, detections, batched_inputs, images.image_sizes
+        ):
+            height = x.get("height", image_size[0])
+            width = x.get("width", image_size[1])
+            sem = sem_seg_postprocess(sem, image_size, height, width)
+            det = detector_postprocess(det, height, width)
+            results.append(
+                {"sem_seg": sem, "instances": det, "panoptic_seg": self.panoptic_fusion(sem, det)}
+            )
+        return results
+
+    def panoptic_fusion(self, sem_logits, detections):
+        """Fuse one image's semantic logits (C, H, W) and detections at the same resolution."""
+        height, width = sem_logits.shape[-2:]
+        confident = detections.scores >= self.fusion_score_thresh
+        kept = detections[confident]
+        mask_logits = paste_mask_logits(
+            kept.pred_mask_logits, kept.pred_boxes.tensor, height, width
+        )
+        ref_h, ref_w = self.fusion_stuff_area_reference
+        instance_weights = None
+        if self.learned_fusion is not None:
+            instance_weights = self.learned_fusion.instance_weights(kept.pred_classes)
+        panoptic, segments = fuse_panoptic(
+            sem_logits,
+            mask_logits,
+            kept.pred_boxes.tensor,
+            kept.pred_classes,
+            kept.scores,
+            stuff_channels=self.class_tables.stuff_channels,
+            thing_channels=self.class_tables.thing_channels,
+            score_thresh=self.fusion_score_thresh,
+            overlap_thresh=self.fusion_overlap_thresh,
+            stuff_area=self.fusion_stuff_area * (height * width) / (ref_h * ref_w),
+            mask_logit_scale=self.fusion_mask_logit_scale,
+            instance_weights=instance_weights,
+        )
+        detection_index = torch.nonzero(confident).flatten().tolist()
+        for segment in segments:
+            if segment["isthing"]:
+                segment["instance_index"] = detection_index[segment["instance_index"]]
+        return panoptic, segments
+
+    @torch.no_grad()
+    def prepare_for_inference(self):
+        """Switch to eval and fold BatchNorm into the convs (inference only, irreversible)."""
+        self.eval()
+        folded = fold_batchnorm(self)
+        logger.info(f"Folded {folded} BatchNorm layers into their convs for inference")
+        return self

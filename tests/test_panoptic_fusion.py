@@ -1,0 +1,191 @@
+"""The paper's panoptic fusion on hand-built tensors, and the vectorised mask-logit pasting."""
+
+import torch
+from torch.nn import functional as F
+
+from efficientps.modeling.meta_arch import fuse_panoptic, fused_instance_logits, paste_mask_logits
+
+H, W = 8, 10
+# Three classes: channel 0 "road" (stuff), channel 1 "sky" (stuff), channel 2 "car" (thing 0).
+STUFF, THINGS = [0, 1], [2]
+
+
+def semantic(road_rows=(0, 8), car_box=None, car_logit=3.0):
+    """Road logits 2 on rows [a, b), sky 1 elsewhere; the car channel high inside car_box."""
+    sem = torch.zeros(3, H, W)
+    sem[1] = 1.0
+    sem[0, road_rows[0] : road_rows[1]] = 2.0
+    if car_box is not None:
+        x0, y0, x1, y1 = car_box
+        sem[2, y0:y1, x0:x1] = car_logit
+    return sem
+
+
+def instance(box, logit=4.0):
+    """Full-image mask logits: ``logit`` inside the box, 0 outside (as the pasting gives)."""
+    x0, y0, x1, y1 = box
+    mask = torch.zeros(H, W)
+    mask[y0:y1, x0:x1] = logit
+    return mask
+
+
+def fuse(sem, masks, boxes, scores, classes=None, **kw):
+    masks = torch.stack(masks) if masks else torch.zeros(0, H, W)
+    boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    scores = torch.tensor(scores, dtype=torch.float32)
+    classes = torch.zeros(len(scores), dtype=torch.int64) if classes is None else classes
+    kw.setdefault("stuff_area", 0)
+    return fuse_panoptic(
+        sem, masks, boxes, classes, scores, stuff_channels=STUFF, thing_channels=THINGS, **kw
+    )
+
+
+def segment_of(panoptic, segments, y, x):
+    sid = int(panoptic[y, x])
+    return next((s for s in segments if s["id"] == sid), None)
+
+
+def test_fused_logit_formula():
+    a, b = torch.tensor([2.0, -2.0, 2.0]), torch.tensor([1.0, -1.0, -3.0])
+    expected = (torch.sigmoid(a) + torch.sigmoid(b)) * (a + b)
+    torch.testing.assert_close(fused_instance_logits(a, b), expected)
+    # Agreement amplifies (|FL| > |a + b|), disagreement attenuates.
+    assert fused_instance_logits(a, b)[0] > 3.0 and fused_instance_logits(a, b)[2] > -1.0
+
+
+def test_instance_and_stuff_with_class_zero_not_special():
+    box = (2, 2, 6, 6)
+    sem = semantic(car_box=box)
+    panoptic, segments = fuse(sem, [instance(box)], [box], [0.9])
+    car = segment_of(panoptic, segments, 3, 3)
+    assert car["isthing"] and car["category_id"] == 2 and abs(car["score"] - 0.9) < 1e-6
+    assert car["area"] == 16 and car["instance_index"] == 0
+    road = segment_of(panoptic, segments, 0, 0)
+    # Channel 0 (road) is an ordinary stuff class, not "things" as in detectron2's COCO fusion.
+    assert road == {"id": road["id"], "category_id": 0, "isthing": False, "area": H * W - 16}
+    assert panoptic.dtype == torch.int32 and (panoptic > 0).all()
+    assert sorted(s["id"] for s in segments) == list(range(1, len(segments) + 1))
+
+
+def test_score_threshold():
+    box = (2, 2, 6, 6)
+    panoptic, segments = fuse(semantic(car_box=box), [instance(box)], [box], [0.49])
+    assert not any(s["isthing"] for s in segments)
+    # The car pixels are a thing class in the semantic prediction: void, not road.
+    assert (panoptic[2:6, 2:6] == 0).all()
+    panoptic, segments = fuse(
+        semantic(car_box=box), [instance(box)], [box], [0.49], score_thresh=0.4
+    )
+    assert any(s["isthing"] for s in segments)
+
+
+def test_overlap_filter_drops_mostly_covered_instance_and_trims_the_rest():
+    first, second, third = (0, 0, 6, 4), (1, 0, 7, 4), (4, 2, 10, 8)
+    sem = semantic(car_box=(0, 0, 10, 8))
+    masks = [instance(first), instance(second), instance(third)]
+    panoptic, segments = fuse(sem, masks, [first, second, third], [0.9, 0.8, 0.7])
+    things = [s for s in segments if s["isthing"]]
+    # second: 20 of its 24 pixels taken by first (> 50%) -> dropped.
+    assert [s["instance_index"] for s in things] == [0, 2]
+    # third: 4 of its 36 pixels taken -> kept, without those pixels.
+    assert things[1]["area"] == 36 - 4
+    assert segment_of(panoptic, segments, 3, 5)["instance_index"] == 0
+    assert segment_of(panoptic, segments, 5, 8)["instance_index"] == 2
+
+
+def test_overlap_threshold_is_configurable():
+    first, second = (0, 0, 6, 4), (1, 0, 7, 4)
+    sem = semantic(car_box=(0, 0, 10, 8))
+    _, segments = fuse(
+        sem, [instance(first), instance(second)], [first, second], [0.9, 0.8], overlap_thresh=0.9
+    )
+    assert len([s for s in segments if s["isthing"]]) == 2
+
+
+def test_sorting_by_score_not_input_order():
+    low, high = (0, 0, 6, 4), (1, 0, 7, 4)
+    sem = semantic(car_box=(0, 0, 10, 8))
+    panoptic, segments = fuse(sem, [instance(low), instance(high)], [low, high], [0.6, 0.95])
+    assert [s["instance_index"] for s in segments if s["isthing"]] == [1]
+
+
+def test_ties_keep_detection_order():
+    a, b = (0, 0, 6, 4), (1, 0, 7, 4)
+    sem = semantic(car_box=(0, 0, 10, 8))
+    _, segments = fuse(sem, [instance(a), instance(b)], [a, b], [0.8, 0.8])
+    assert [s["instance_index"] for s in segments if s["isthing"]] == [0]
+    _, segments = fuse(sem, [instance(b), instance(a)], [b, a], [0.8, 0.8])
+    assert [s["instance_index"] for s in segments if s["isthing"]] == [0]
+
+
+def test_stuff_area_threshold_voids_small_stuff():
+    sem = semantic(road_rows=(0, 1))  # road: 10 px, sky: 70 px
+    panoptic, segments = fuse(sem, [], [], [], stuff_area=11)
+    assert [s["category_id"] for s in segments] == [1]
+    assert (panoptic[0] == 0).all() and (panoptic[1:] > 0).all()
+
+
+def test_uncovered_thing_pixels_are_void():
+    box = (2, 2, 6, 6)
+    sem = semantic(car_box=(0, 0, 10, 8))  # every pixel predicted "car"
+    panoptic, segments = fuse(sem, [instance(box)], [box], [0.9])
+    assert (panoptic[2:6, 2:6] > 0).all()
+    outside = torch.ones(H, W, dtype=torch.bool)
+    outside[2:6, 2:6] = False
+    assert (panoptic[outside] == 0).all()  # never reassigned to road or sky
+
+
+def test_stuff_that_outvotes_an_instance_keeps_the_pixel():
+    box = (2, 2, 6, 6)
+    sem = semantic(car_box=box, car_logit=-6.0)  # semantic head says "not car" strongly
+    panoptic, segments = fuse(sem, [instance(box, logit=0.5)], [box], [0.9])
+    assert not any(s["isthing"] for s in segments)
+    assert segment_of(panoptic, segments, 3, 3)["category_id"] == 0  # road fills it
+
+
+def test_no_detections_gives_stuff_only():
+    sem = semantic(road_rows=(0, 4))
+    panoptic, segments = fuse(sem, [], [], [])
+    assert [(s["category_id"], s["area"]) for s in segments] == [(0, 40), (1, 40)]
+    assert set(panoptic.unique().tolist()) == {1, 2}
+
+
+def test_empty_image():
+    sem = torch.zeros(3, 0, 0)
+    panoptic, segments = fuse_panoptic(
+        sem,
+        torch.zeros(0, 0, 0),
+        torch.zeros(0, 4),
+        torch.zeros(0, dtype=torch.int64),
+        torch.zeros(0),
+        stuff_channels=STUFF,
+        thing_channels=THINGS,
+    )
+    assert panoptic.shape == (0, 0) and segments == []
+
+
+def test_mask_logit_scale_changes_the_vote():
+    box = (2, 2, 6, 6)
+    sem = semantic(car_box=box, car_logit=-1.0)
+    args = ([instance(box, logit=1.0)], [box], [0.9])
+    _, plain = fuse(sem, *args)
+    _, scaled = fuse(sem, *args, mask_logit_scale=4.0)  # the authors' code
+    assert not any(s["isthing"] for s in plain)
+    assert any(s["isthing"] for s in scaled)
+
+
+def test_paste_matches_grid_sample():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 1, 28, 28)
+    boxes = torch.tensor([[3.2, 5.1, 40.7, 30.0], [0.0, 0.0, 64.0, 48.0], [50.5, 20.2, 63.0, 47.9]])
+    pasted = paste_mask_logits(logits, boxes, 48, 64)
+    ys = torch.arange(48) + 0.5
+    xs = torch.arange(64) + 0.5
+    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        gy = (ys - y0) / (y1 - y0) * 2 - 1
+        gx = (xs - x0) / (x1 - x0) * 2 - 1
+        grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None]
+        expected = F.grid_sample(logits[i : i + 1], grid, align_corners=False)[0, 0]
+        torch.testing.assert_close(pasted[i], expected, atol=1e-5, rtol=1e-5)
+    assert pasted[0, 40:, :].abs().max() == 0  # zero outside the box
+    assert paste_mask_logits(torch.zeros(0, 28, 28), torch.zeros(0, 4), 5, 6).shape == (0, 5, 6)
