@@ -4,7 +4,7 @@ Importing this package registers its components in detectron2's registries (back
 meta-architecture) and its datasets in DatasetCatalog.
 """
 
-from . import modeling  # noqa: F401  (registers the components)
+from . import data, modeling  # noqa: F401  (registers the components and datasets)
 from .config import add_efficientps_config
 
 __all__ = ["add_efficientps_config"]

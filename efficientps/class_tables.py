@@ -47,6 +47,8 @@ class PanopticClassTables:
         Cityscapes metadata of detectron2 lists only stuff there, COCO-style maps list all).
         An explicit ``stuff_channels``/``thing_channels`` pair on the metadata wins.
         """
+        if hasattr(metadata, "missing_reason"):
+            raise ValueError(f"dataset {metadata.name!r} is not usable: {metadata.missing_reason}")
         if hasattr(metadata, "thing_channels") and hasattr(metadata, "stuff_channels"):
             return cls(tuple(metadata.stuff_channels), tuple(metadata.thing_channels))
         try:

@@ -1,0 +1,49 @@
+"""Registers the datasets under $DETECTRON2_DATASETS (default ./datasets) at import.
+
+DETECTRON2_DATASETS is read once, when efficientps is imported (as detectron2 does); Cityscapes
+is detectron2's own registration (cityscapes_fine_panoptic_{train,val}) and is not redone.
+"""
+
+import os
+
+from .. import synthetic
+from .coco_panoptic import register_coco_panoptic
+from .kitti import register_kitti_panoptic
+from .mapillary_vistas import register_mapillary_vistas
+
+SYNTHETIC_TREE = """\
+{root}/
+  leftImg8bit/{{train,val}}/synth/*_leftImg8bit.png
+  gtFine/cityscapes_panoptic_{{train,val}}/*_gtFine_panoptic.png
+  gtFine/cityscapes_panoptic_{{train,val}}.json
+Make it with: python -m efficientps.data.synthetic --out {root}"""
+
+
+def register_synthetic_panoptic(name, root, split):
+    return register_coco_panoptic(
+        name,
+        os.path.join(root, "leftImg8bit", split),
+        os.path.join(root, "gtFine", f"cityscapes_panoptic_{split}"),
+        os.path.join(root, "gtFine", f"cityscapes_panoptic_{split}.json"),
+        synthetic.CATEGORIES,
+        missing_hint=SYNTHETIC_TREE.format(root=root),
+    )
+
+
+def register_all(root):
+    for split in ("train", "val"):
+        register_synthetic_panoptic(
+            f"synthetic_panoptic_{split}", os.path.join(root, "synthetic"), split
+        )
+        register_kitti_panoptic(
+            f"kitti_panoptic_{split}", os.path.join(root, "kitti_panoptic"), split
+        )
+        vistas_root = os.path.join(root, "mapillary_vistas")
+        register_mapillary_vistas(f"mapillary_vistas_panoptic_{split}", vistas_root, split, "v1.2")
+        register_mapillary_vistas(
+            f"mapillary_vistas_v2_panoptic_{split}", vistas_root, split, "v2.0"
+        )
+
+
+if os.environ.get("EFFICIENTPS_SKIP_BUILTIN_DATASETS") != "1":
+    register_all(os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets")))
