@@ -127,8 +127,8 @@ class EfficientPSPanopticMapper:
         unknown = present - listed
         if unknown:
             raise DatasetFormatError(
-                f"panoptic PNG {record['pan_seg_file_name']} has segment ids {sorted(unknown)[:10]} "
-                "that its json segments_info does not list"
+                f"panoptic PNG {record['pan_seg_file_name']} has segment ids "
+                f"{sorted(unknown)[:10]} that its json segments_info does not list"
             )
         missing = listed - present
         if missing:

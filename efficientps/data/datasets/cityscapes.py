@@ -57,7 +57,8 @@ def register_cityscapes_panoptic(name, root, split):
             raise FileNotFoundError(
                 f"{name}: {gt_json} not found. Expected the Cityscapes tree\n"
                 + CITYSCAPES_TREE.format(root=root)
-                + f"\nMake the derived files with: python datasets/prepare_cityscapes.py --root {root}"
+                + "\nMake the derived files with: "
+                + f"python datasets/prepare_cityscapes.py --root {root}"
             )
         return load_cityscapes_panoptic(image_dir, gt_dir, gt_json, metadata)
 

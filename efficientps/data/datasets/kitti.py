@@ -13,10 +13,10 @@ from .coco_panoptic import register_coco_panoptic
 KITTI_SPLITS = {"train": "training", "val": "validation"}
 KITTI_TREE = """\
 {root}/
-  training/images/*.png        validation/images/*.png
-  training/annotations/*.png   validation/annotations/*.png     (the authors' release)
-  training/panoptic/*.png      validation/panoptic/*.png        (made by prepare_kitti_panoptic.py)
-  training_panoptic.json       validation_panoptic.json         (made by prepare_kitti_panoptic.py)"""
+  training/images/*.png       validation/images/*.png       (the authors' release)
+  training/annotations/*.png  validation/annotations/*.png  (the authors' release)
+  training/panoptic/*.png     validation/panoptic/*.png     (by prepare_kitti_panoptic.py)
+  training_panoptic.json      validation_panoptic.json      (by prepare_kitti_panoptic.py)"""
 
 
 def kitti_paths(root, split):
