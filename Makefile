@@ -6,6 +6,8 @@ SHELL := /bin/bash
 # VENV=/some/path make install picks any other place.
 ACTIVE_ENV := $(or $(VIRTUAL_ENV),$(CONDA_PREFIX))
 VENV ?= $(if $(ACTIVE_ENV),$(ACTIVE_ENV),.venv)
+# Absolute, because some recipes run from other directories.
+override VENV := $(abspath $(VENV))
 PYTHON_BOOTSTRAP ?= python3
 # torch/torchvision pins live in this one file; point it elsewhere for another CUDA/CPU build.
 TORCH_REQUIREMENTS ?= requirements/torch.txt

@@ -1,0 +1,221 @@
+"""Panoptic quality (PQ, SQ, RQ) without panopticapi: vectorised per image, streaming over images.
+
+The definition is COCO's (and cityscapesscripts'): a predicted and a ground-truth segment of the
+same category match when IoU > 0.5, where void pixels (ground-truth id 0) are left out of the
+union; crowd ground truth is neither matched nor a false negative, and an unmatched prediction
+that lies mostly (> 50%) on void or on a crowd region of its category is not a false positive.
+Class averages run over classes with at least one TP, FP or FN.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+VOID = 0
+# Beyond this many (gt id x pred id) bins, intersections are counted with np.unique instead.
+MAX_DENSE_BINS = 1 << 26
+
+
+class PanopticFormatError(ValueError):
+    """Inputs that PQ cannot be computed on; the message names the image."""
+
+
+def intersections(gt_ids, pred_ids):
+    """Pixel counts of every (gt id, pred id) pair that occurs: three 1-D arrays."""
+    gt = gt_ids.ravel().astype(np.int64, copy=False)
+    pred = pred_ids.ravel().astype(np.int64, copy=False)
+    stride = int(pred.max(initial=0)) + 1
+    bins = (int(gt.max(initial=0)) + 1) * stride
+    if bins <= MAX_DENSE_BINS:
+        counts = np.bincount(gt * stride + pred, minlength=bins)
+        joint = np.flatnonzero(counts)
+        return joint // stride, joint % stride, counts[joint]
+    joint, counts = np.unique(gt * stride + pred, return_counts=True)
+    return joint // stride, joint % stride, counts
+
+
+@dataclass
+class SegmentTable:
+    """Segments of one image as arrays: id, category index, crowd flag."""
+
+    ids: np.ndarray
+    categories: np.ndarray
+    crowd: np.ndarray
+
+    @classmethod
+    def from_segments(cls, segments, category_index, image_name, what):
+        ids, categories, crowd = [], [], []
+        for s in segments:
+            if s["category_id"] not in category_index:
+                raise PanopticFormatError(
+                    f"{image_name}: {what} segment {s['id']} has unknown category_id "
+                    f"{s['category_id']}"
+                )
+            ids.append(s["id"])
+            categories.append(category_index[s["category_id"]])
+            crowd.append(bool(s.get("iscrowd", 0)))
+        return cls(
+            np.asarray(ids, np.int64), np.asarray(categories, np.int64), np.asarray(crowd, bool)
+        )
+
+
+class PQAccumulator:
+    """Per-category IoU sums and TP/FP/FN counts, added up image by image (constant memory).
+
+    Categories are given once, as a list of {"id", "isthing", "name"?}; segments refer to them
+    by ``category_id``.
+    """
+
+    def __init__(self, categories):
+        self.categories = list(categories)
+        self.category_index = {c["id"]: i for i, c in enumerate(self.categories)}
+        self.isthing = np.asarray([bool(c.get("isthing")) for c in self.categories])
+        self.reset()
+
+    def reset(self):
+        n = len(self.categories)
+        self.iou = np.zeros(n, np.float64)
+        self.tp = np.zeros(n, np.int64)
+        self.fp = np.zeros(n, np.int64)
+        self.fn = np.zeros(n, np.int64)
+
+    def state(self):
+        return np.stack([self.iou, self.tp, self.fp, self.fn])
+
+    def add_state(self, state):
+        self.iou += state[0]
+        self.tp += state[1].astype(np.int64)
+        self.fp += state[2].astype(np.int64)
+        self.fn += state[3].astype(np.int64)
+
+    def add(self, gt_ids, gt_segments, pred_ids, pred_segments, image_name="image"):
+        """Add one image: id maps (H, W) and their segments_info lists."""
+        if gt_ids.shape != pred_ids.shape:
+            raise PanopticFormatError(
+                f"{image_name}: prediction is {pred_ids.shape[1]}x{pred_ids.shape[0]}, "
+                f"ground truth {gt_ids.shape[1]}x{gt_ids.shape[0]}"
+            )
+        gt = SegmentTable.from_segments(gt_segments, self.category_index, image_name, "gt")
+        pred = SegmentTable.from_segments(pred_segments, self.category_index, image_name, "pred")
+        gi, pi, inter = intersections(gt_ids, pred_ids)
+
+        # Prediction ids must be exactly its segments (id 0 is void).
+        pred_present = np.unique(pi[pi != VOID])
+        unknown = np.setdiff1d(pred_present, pred.ids)
+        if len(unknown):
+            raise PanopticFormatError(
+                f"{image_name}: predicted segment ids {unknown[:10].tolist()} are in the PNG but "
+                "not in its segments_info"
+            )
+        absent = np.setdiff1d(pred.ids, pred_present)
+        if len(absent):
+            raise PanopticFormatError(
+                f"{image_name}: predicted segments {absent[:10].tolist()} are listed but not in "
+                "the PNG"
+            )
+
+        # Row of each segment id in its table; -1 for ids the table does not list.
+        gt_row = _rows(gt.ids, gi)
+        pred_row = _rows(pred.ids, pi)
+        pred_area = np.zeros(len(pred.ids), np.int64)
+        np.add.at(pred_area, pred_row[pred_row >= 0], inter[pred_row >= 0])
+        gt_area = np.zeros(len(gt.ids), np.int64)
+        np.add.at(gt_area, gt_row[gt_row >= 0], inter[gt_row >= 0])
+        void_of_pred = np.zeros(len(pred.ids), np.int64)
+        on_void = (gi == VOID) & (pred_row >= 0)
+        np.add.at(void_of_pred, pred_row[on_void], inter[on_void])
+
+        # Matches: same category, non-crowd gt, IoU > 0.5 (void excluded from the union).
+        candidate = (gt_row >= 0) & (pred_row >= 0)
+        g, p, n = gt_row[candidate], pred_row[candidate], inter[candidate]
+        same = (gt.categories[g] == pred.categories[p]) & ~gt.crowd[g]
+        g, p, n = g[same], p[same], n[same]
+        union = pred_area[p] + gt_area[g] - n - void_of_pred[p]
+        iou = n / union
+        match = iou > 0.5
+        np.add.at(self.tp, gt.categories[g[match]], 1)
+        np.add.at(self.iou, gt.categories[g[match]], iou[match])
+        gt_matched = np.zeros(len(gt.ids), bool)
+        gt_matched[g[match]] = True
+        pred_matched = np.zeros(len(pred.ids), bool)
+        pred_matched[p[match]] = True
+
+        np.add.at(self.fn, gt.categories[~gt_matched & ~gt.crowd], 1)
+
+        # Unmatched predictions lying mostly on void or on their category's crowd region are
+        # not false positives. As in the reference, the last crowd segment of a category counts.
+        crowd_of_category = {}
+        for row in np.flatnonzero(gt.crowd & ~gt_matched):
+            crowd_of_category[int(gt.categories[row])] = row
+        ignored = void_of_pred.copy()
+        if crowd_of_category:
+            crowd_row = np.full(len(self.categories), -1)
+            for category, row in crowd_of_category.items():
+                crowd_row[category] = row
+            on_crowd = (gt_row >= 0) & (pred_row >= 0)
+            on_crowd &= crowd_row[pred.categories[np.maximum(pred_row, 0)]] == gt_row
+            np.add.at(ignored, pred_row[on_crowd], inter[on_crowd])
+        unmatched = np.flatnonzero(~pred_matched)
+        false_positive = unmatched[ignored[unmatched] / pred_area[unmatched] <= 0.5]
+        np.add.at(self.fp, pred.categories[false_positive], 1)
+
+    def results(self):
+        """{"All"|"Things"|"Stuff": {pq, sq, rq, n}, "per_class": {category id: {pq, sq, rq}}}.
+
+        Values are fractions (as cityscapesscripts writes them).
+        """
+        denominator = self.tp + 0.5 * self.fp + 0.5 * self.fn
+        seen = denominator > 0
+        safe = np.where(seen, denominator, 1)
+        pq = np.where(seen, self.iou / safe, 0.0)
+        sq = np.where(self.tp > 0, self.iou / np.maximum(self.tp, 1), 0.0)
+        rq = np.where(seen, self.tp / safe, 0.0)
+        results = {}
+        for name, selected in (
+            ("All", np.ones_like(seen)),
+            ("Things", self.isthing),
+            ("Stuff", ~self.isthing),
+        ):
+            rows = seen & selected
+            n = int(rows.sum())
+            results[name] = {
+                "pq": float(pq[rows].sum() / n) if n else 0.0,
+                "sq": float(sq[rows].sum() / n) if n else 0.0,
+                "rq": float(rq[rows].sum() / n) if n else 0.0,
+                "n": n,
+            }
+        results["per_class"] = {
+            c["id"]: {"pq": float(pq[i]), "sq": float(sq[i]), "rq": float(rq[i])}
+            for i, c in enumerate(self.categories)
+        }
+        return results
+
+
+def _rows(table_ids, ids):
+    """Index of each of ``ids`` in ``table_ids`` (unique), -1 where absent."""
+    if len(table_ids) == 0:
+        return np.full(len(ids), -1, np.int64)
+    order = np.argsort(table_ids)
+    sorted_ids = table_ids[order]
+    pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
+    return np.where(sorted_ids[pos] == ids, order[pos], -1)
+
+
+def format_table(results, categories):
+    """Text table in cityscapesscripts' layout (PQ/SQ/RQ in percent)."""
+    lines = [f"{'Category':14s}| {'PQ':>5s}  {'SQ':>5s}  {'RQ':>5s}"]
+    for c in categories:
+        r = results["per_class"][c["id"]]
+        lines.append(
+            f"{c.get('name', c['id'])!s:14.14s}| {100 * r['pq']:5.1f}  {100 * r['sq']:5.1f}  "
+            f"{100 * r['rq']:5.1f}"
+        )
+    lines.append("-" * 41)
+    lines.append(f"{'':14s}| {'PQ':>5s}  {'SQ':>5s}  {'RQ':>5s} {'N':>5s}")
+    for name in ("All", "Things", "Stuff"):
+        r = results[name]
+        lines.append(
+            f"{name:14s}| {100 * r['pq']:5.1f}  {100 * r['sq']:5.1f}  {100 * r['rq']:5.1f} "
+            f"{r['n']:5d}"
+        )
+    return "\n".join(lines)
