@@ -97,6 +97,9 @@ def _add_model_config(cfg):
     # metadata of the first dataset in DATASETS.TRAIN (or TEST).
     cfg.MODEL.EFFICIENTPS.STUFF_CHANNELS = []
     cfg.MODEL.EFFICIENTPS.THING_CHANNELS = []
+    # ROIAlign of the ROI heads through one embedding_bag on CPU (same numbers as torchvision's
+    # kernel, ~7x faster backward); torchvision's kernel on GPU either way.
+    cfg.MODEL.EFFICIENTPS.FAST_CPU_ROI_ALIGN = True
 
 
 def _add_input_config(cfg):

@@ -168,6 +168,10 @@ class EfficientPSEvaluator(DatasetEvaluator):
             self._write_predictions_json(predictions)
             with open(os.path.join(self.output_dir, "pq_results.json"), "w") as f:
                 json.dump(pq_results, f, indent=2)
+        if self.output_dir:
+            os.makedirs(self.output_dir, exist_ok=True)
+            with open(os.path.join(self.output_dir, "results.json"), "w") as f:
+                json.dump(results, f, indent=2)
         return results
 
     def _semantic_results(self, confusion):

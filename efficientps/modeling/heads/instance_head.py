@@ -23,6 +23,7 @@ from detectron2.structures import Instances
 from torch import nn
 
 from ..layers import build_activation, conv_or_separable
+from ..roi_align import use_fast_cpu_roi_align
 
 
 @RPN_HEAD_REGISTRY.register()
@@ -197,7 +198,22 @@ class EfficientPSROIHeads(StandardROIHeads):
     ``pred_mask_logits`` (R, 1, 28, 28) are the mask head's logits for the detection's class,
     before the sigmoid; ``pred_masks`` stays detectron2's (its sigmoid). The panoptic fusion of
     EfficientPS fuses logits, not probabilities.
+
+    ``fast_cpu_roi_align`` swaps the poolers' ROIAlign for ``FastCPUROIAlign`` (same outputs).
     """
+
+    @configurable
+    def __init__(self, *, fast_cpu_roi_align=True, **kwargs):
+        super().__init__(**kwargs)
+        if fast_cpu_roi_align:
+            use_fast_cpu_roi_align(self.box_pooler)
+            use_fast_cpu_roi_align(getattr(self, "mask_pooler", None))
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["fast_cpu_roi_align"] = cfg.MODEL.EFFICIENTPS.FAST_CPU_ROI_ALIGN
+        return ret
 
     def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
         if self.training or not self.mask_on:

@@ -1,0 +1,198 @@
+"""Run a trained EfficientPS on images or a video; write panoptic PNG + JSON + visualisation.
+
+    python -m efficientps.demo --config-file configs/demo/efficientps_synthetic_cpu.yaml \\
+        --input 'images/*.png' --output out/ --opts MODEL.WEIGHTS output/demo/model_final.pth
+
+Per input image ``NAME`` the output folder gets ``NAME_panoptic.png`` (COCO-panoptic RGB
+encoding, id = R + 256 G + 256^2 B), ``NAME_panoptic.json`` (segments with the dataset's
+category ids) and ``NAME_vis.png`` (detectron2's Visualizer with the dataset's names and colours).
+A video gives one set of files per frame, ``NAME_000123_*``.
+"""
+
+import argparse
+import glob
+import json
+import os
+
+import cv2
+import numpy as np
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from detectron2.utils.visualizer import ColorMode, Visualizer
+from tqdm import tqdm
+
+from .class_tables import PanopticClassTables
+from .config import add_efficientps_config
+from .engine.checkpoint import AtomicCheckpointer
+from .engine.setup import load_weights_or_fail
+from .evaluation import write_panoptic_png
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
+
+
+class UnreadableInputError(ValueError):
+    pass
+
+
+def setup_cfg(config_file, opts=()):
+    cfg = get_cfg()
+    add_efficientps_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    cfg.freeze()
+    return cfg
+
+
+class PanopticPredictor:
+    """One RGB/BGR image (H, W, 3 uint8) in, the model's output dict out (original size)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.model = build_model(cfg)
+        load_weights_or_fail(AtomicCheckpointer(self.model), cfg.MODEL.WEIGHTS)
+        self.model.prepare_for_inference()
+        self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+        self.input_format = cfg.INPUT.FORMAT
+        dataset = (cfg.DATASETS.TEST or cfg.DATASETS.TRAIN)[0]
+        self.metadata = MetadataCatalog.get(dataset)
+
+    @torch.inference_mode()
+    def __call__(self, image_bgr):
+        image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
+        height, width = image.shape[:2]
+        resized = self.resize.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+        return self.model([{"image": tensor, "height": height, "width": width}])[0]
+
+
+def expand_inputs(patterns):
+    """Files, globs and folders -> sorted list of paths (videos kept as single entries)."""
+    paths = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = [
+                os.path.join(pattern, f)
+                for f in sorted(os.listdir(pattern))
+                if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+            ]
+        else:
+            found = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not found:
+            raise FileNotFoundError(f"--input {pattern!r} matches no image, video or folder")
+        paths.extend(found)
+    return paths
+
+
+def read_image(path):
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise UnreadableInputError(
+            f"cannot read image {path}: expected a file OpenCV can decode "
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    return image
+
+
+def iter_frames(path):
+    video = cv2.VideoCapture(path)
+    if not video.isOpened():
+        raise UnreadableInputError(f"cannot open video {path}")
+    index = 0
+    while True:
+        ok, frame = video.read()
+        if not ok:
+            break
+        yield index, frame
+        index += 1
+    video.release()
+
+
+def channel_to_dataset_id(metadata):
+    return {
+        **{v: k for k, v in metadata.stuff_dataset_id_to_contiguous_id.items()},
+        **{v: k for k, v in metadata.thing_dataset_id_to_contiguous_id.items()},
+    }
+
+
+def save_outputs(output, image_bgr, metadata, out_prefix):
+    """Write the three files of one image; returns the visualisation (RGB uint8)."""
+    panoptic, segments = output["panoptic_seg"]
+    panoptic = panoptic.cpu()
+    write_panoptic_png(out_prefix + "_panoptic.png", panoptic.numpy())
+    to_dataset_id = channel_to_dataset_id(metadata)
+    record = [
+        {
+            "id": int(s["id"]),
+            "category_id": int(to_dataset_id[s["category_id"]]),
+            "category_name": metadata.stuff_classes[s["category_id"]],
+            "isthing": bool(s["isthing"]),
+            "area": int(s.get("area", int((panoptic == s["id"]).sum()))),
+            **({"score": float(s["score"])} if "score" in s else {}),
+        }
+        for s in segments
+    ]
+    with open(out_prefix + "_panoptic.json", "w") as f:
+        json.dump({"segments_info": record}, f, indent=1)
+    vis = visualize_panoptic(image_bgr[:, :, ::-1], panoptic, segments, metadata)
+    cv2.imwrite(out_prefix + "_vis.png", vis[:, :, ::-1])
+    return vis
+
+
+def visualize_panoptic(image_rgb, panoptic, segments, metadata):
+    """detectron2's Visualizer: it looks thing ids up in thing_classes, stuff in stuff_classes."""
+    tables = PanopticClassTables.from_metadata(metadata)
+    # Our registrations (like detectron2's Cityscapes one) list every class in thing_classes;
+    # a metadata listing only the things needs the thing index instead of the channel.
+    lists_all = len(metadata.thing_classes) == tables.num_classes
+    thing_index = tables.thing_index_of_channel()
+    info = []
+    for s in segments:
+        entry = {"id": s["id"], "isthing": bool(s["isthing"]), "category_id": s["category_id"]}
+        if s["isthing"] and not lists_all:
+            entry["category_id"] = thing_index[s["category_id"]]
+        if "score" in s:
+            entry["score"] = s["score"]
+        info.append(entry)
+    visualizer = Visualizer(image_rgb, metadata, scale=1.0, instance_mode=ColorMode.IMAGE)
+    return visualizer.draw_panoptic_seg(panoptic, info, alpha=0.5).get_image()
+
+
+def run(predictor, paths, output_dir):
+    os.makedirs(output_dir, exist_ok=True)
+    written = []
+    for path in tqdm(paths, desc="panoptic demo", unit="input"):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS:
+            for index, frame in iter_frames(path):
+                prefix = os.path.join(output_dir, f"{stem}_{index:06d}")
+                save_outputs(predictor(frame), frame, predictor.metadata, prefix)
+                written.append(prefix)
+            continue
+        image = read_image(path)
+        prefix = os.path.join(output_dir, stem)
+        save_outputs(predictor(image), image, predictor.metadata, prefix)
+        written.append(prefix)
+    return written
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--input", nargs="+", required=True, help="files, globs, folders, videos")
+    parser.add_argument("--output", required=True, help="folder for the outputs")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE pairs")
+    args = parser.parse_args(argv)
+    cfg = setup_cfg(args.config_file, args.opts)
+    paths = expand_inputs(args.input)
+    predictor = PanopticPredictor(cfg)
+    written = run(predictor, paths, args.output)
+    print(f"wrote {len(written)} panoptic predictions to {args.output}")
+    return written
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""EfficientPSPanopticMapper: targets agree with the PNG, and transforms keep maps aligned."""
+
+import uuid
+
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import transforms as T
+
+from efficientps.class_tables import PanopticClassTables
+from efficientps.data import EfficientPSPanopticMapper, synthetic
+from efficientps.data.datasets import register_synthetic_panoptic
+from efficientps.data.transforms import RandomScale
+from efficientps.evaluation import read_panoptic_png
+
+from .helpers import CONFIGS
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic_mapper")
+    synthetic.generate_split(str(root), "train", 4, seed=5, size=(64, 128), progress=False)
+    name = f"synth_mapper_{uuid.uuid4().hex[:8]}"
+    register_synthetic_panoptic(name, str(root), "train")
+    records = DatasetCatalog.get(name)
+    # One crowd segment, to check it is neither an instance nor a semantic label.
+    crowd = next(s for s in records[0]["segments_info"] if s["category_id"] == 6)
+    crowd["iscrowd"] = 1
+    return name, records, crowd["id"]
+
+
+def make_mapper(name, augmentations):
+    return EfficientPSPanopticMapper(
+        is_train=True,
+        augmentations=augmentations,
+        class_tables=PanopticClassTables.from_metadata(MetadataCatalog.get(name)),
+        ignore_label=255,
+    )
+
+
+def expected_targets(record):
+    ids = read_panoptic_png(record["pan_seg_file_name"])
+    semantic = np.full(ids.shape, 255, np.int64)
+    masks, classes = [], []
+    for s in record["segments_info"]:
+        if s["iscrowd"]:
+            continue
+        semantic[ids == s["id"]] = s["category_id"]
+        if s["category_id"] >= 5:
+            masks.append(ids == s["id"])
+            classes.append(s["category_id"] - 5)  # things are channels 5, 6, 7 -> 0, 1, 2
+    return semantic, np.stack(masks), classes
+
+
+def test_targets_match_the_png(dataset):
+    name, records, crowd_id = dataset
+    mapper = make_mapper(name, [])
+    for record in records:
+        out = mapper(record)
+        semantic, masks, classes = expected_targets(record)
+        assert (out["sem_seg"].numpy() == semantic).all()
+        instances = out["instances"]
+        assert instances.gt_classes.tolist() == classes
+        assert (instances.gt_masks.tensor.numpy() == masks).all()
+        for mask, box in zip(masks, instances.gt_boxes.tensor.tolist()):
+            ys, xs = np.nonzero(mask)
+            assert box == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    crowd_pixels = read_panoptic_png(records[0]["pan_seg_file_name"]) == crowd_id
+    assert (mapper(records[0])["sem_seg"].numpy()[crowd_pixels] == 255).all()
+
+
+def test_flip_and_crop_move_image_and_maps_together(dataset):
+    name, records, _ = dataset
+    record = records[1]
+    plain = make_mapper(name, [])(record)
+    flipped = make_mapper(name, [T.RandomFlip(prob=1.0)])(record)
+    assert torch.equal(flipped["image"], plain["image"].flip(-1))
+    assert torch.equal(flipped["sem_seg"], plain["sem_seg"].flip(-1))
+    assert torch.equal(
+        flipped["instances"].gt_masks.tensor, plain["instances"].gt_masks.tensor.flip(-1)
+    )
+
+    crop = T.CropTransform(30, 10, 64, 40)
+    cropped = make_mapper(name, [_Fixed(crop)])(record)
+    assert torch.equal(cropped["image"], plain["image"][:, 10:50, 30:94])
+    assert torch.equal(cropped["sem_seg"], plain["sem_seg"][10:50, 30:94])
+    # Instances cut by the crop keep exactly their visible pixels, and boxes follow the masks.
+    for mask, box in zip(cropped["instances"].gt_masks.tensor, cropped["instances"].gt_boxes):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+def test_random_scale_keeps_labels_nearest(dataset):
+    name, records, _ = dataset
+    out = make_mapper(name, [RandomScale(1.5, 1.5)])(records[2])
+    assert out["image"].shape[-2:] == (96, 192) == out["sem_seg"].shape
+    labels = set(out["sem_seg"].unique().tolist())
+    assert labels <= set(range(8)) | {255}  # nearest resampling: no blended labels
+
+
+def test_config_mapper_uses_scale_crop_and_flip():
+    from detectron2.config import get_cfg
+
+    from efficientps import add_efficientps_config
+
+    cfg = get_cfg()
+    add_efficientps_config(cfg)
+    cfg.merge_from_file(str(CONFIGS / "demo" / "efficientps_synthetic_cpu.yaml"))
+    mapper = EfficientPSPanopticMapper(cfg, is_train=True)
+    kinds = [type(a).__name__ for a in mapper.augmentations.augs]
+    assert kinds == ["RandomScale", "RandomCrop", "RandomFlip"]
+    test_mapper = EfficientPSPanopticMapper(cfg, is_train=False)
+    assert [type(a).__name__ for a in test_mapper.augmentations.augs] == ["ResizeShortestEdge"]
+
+
+class _Fixed(T.Augmentation):
+    """An augmentation that always returns the given transform."""
+
+    def __init__(self, transform):
+        super().__init__()
+        self.transform = transform
+
+    def get_transform(self, image):
+        return self.transform
