@@ -11,7 +11,7 @@ With MODEL.DEVICE cpu, --num-gpus N (or --num-processes N) runs N CPU processes 
 import contextlib
 import logging
 import os
-import weakref
+from collections import OrderedDict
 
 import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
@@ -22,8 +22,10 @@ from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks
+from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import verify_results
+from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from efficientps import add_efficientps_config
@@ -31,8 +33,12 @@ from efficientps.data import EfficientPSPanopticMapper
 from efficientps.engine import AtomicCheckpointer, ResumableTrainingSampler, launch
 from efficientps.engine.setup import cpu_safe_norms, load_weights_or_fail
 from efficientps.evaluation import build_evaluator
+from efficientps.modeling.meta_arch import EfficientPSWithTTA
 
 logger = logging.getLogger("efficientps")
+# Some detectron2 versions (e.g. the registry's 0.6 snapshot) checkpoint the DefaultTrainer
+# without its inner trainer, so SGD momentum is lost on resume; detectron2 main includes it.
+D2_CHECKPOINTS_OPTIMIZER = DefaultTrainer.state_dict is not TrainerBase.state_dict
 
 
 @contextlib.contextmanager
@@ -61,10 +67,26 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         # Called by DefaultTrainer.__init__ before the hooks take their checkpointer.
+        # Same checkpointables as detectron2's own checkpointer (v0.6: optimizer + scheduler;
+        # main: the trainer), written atomically.
         self.checkpointer = AtomicCheckpointer(
-            self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            self._trainer.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
         )
-        return super().build_hooks()
+        hook_list = super().build_hooks()
+        if self.cfg.TEST.AUG.ENABLED:  # after the plain evaluation, at the end of training
+            hook_list.append(hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model)))
+        return hook_list
+
+    def state_dict(self):
+        state = super().state_dict()
+        if not D2_CHECKPOINTS_OPTIMIZER:
+            state["_trainer"] = self._trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if not D2_CHECKPOINTS_OPTIMIZER and "_trainer" in state:
+            self._trainer.load_state_dict(state["_trainer"])
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)
@@ -101,6 +123,19 @@ class Trainer(DefaultTrainer):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_evaluator(cfg, dataset_name, output_folder)
 
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        logger.info("Evaluating with test-time augmentation (multi-scale + flip)")
+        model = EfficientPSWithTTA(cfg, model)
+        evaluators = [
+            cls.build_evaluator(
+                cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name)
+            )
+            for name in cfg.DATASETS.TEST
+        ]
+        results = cls.test(cfg, model, evaluators)
+        return OrderedDict((k + "_TTA", v) for k, v in results.items())
+
 
 def setup(args):
     cfg = get_cfg()
@@ -112,6 +147,8 @@ def setup(args):
         cfg.SEED = 0  # a fixed data order, so that --resume continues the same stream
     cfg.freeze()
     default_setup(cfg, args)
+    # detectron2 sets up its own loggers only; ours carry the PQ tables and model summary.
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="efficientps")
     return cfg
 
 
@@ -121,6 +158,8 @@ def main(args):
         model = Trainer.build_model(cfg)
         load_weights_or_fail(AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR), cfg.MODEL.WEIGHTS)
         results = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            results.update(Trainer.test_with_TTA(cfg, model))
         if comm.is_main_process():
             verify_results(cfg, results)
         return results

@@ -1,0 +1,129 @@
+"""Shared pieces of the benchmark scripts: timing, peak memory, model builders, tables."""
+
+import gc
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_backbone, build_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from efficientps import add_efficientps_config  # noqa: E402
+
+CITYSCAPES_CONFIG = os.path.join(
+    REPO, "configs", "Cityscapes-PanopticSegmentation", "efficientps_b5_2wayfpn_bs16_1024x2048.yaml"
+)
+
+
+def machine_line():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def median_seconds(fn, runs=3, warmup=1):
+    """Median wall time of ``fn()`` over ``runs`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def fresh():
+    gc.collect()
+
+
+def efficientps_cfg(config=CITYSCAPES_CONFIG, opts=()):
+    cfg = get_cfg()
+    add_efficientps_config(cfg)
+    cfg.merge_from_file(config)
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
+    # The class tables come from the config, so no dataset has to be on disk.
+    if not cfg.MODEL.EFFICIENTPS.STUFF_CHANNELS:
+        cfg.MODEL.EFFICIENTPS.STUFF_CHANNELS = list(range(11))
+        cfg.MODEL.EFFICIENTPS.THING_CHANNELS = list(range(11, 19))
+    return cfg
+
+
+def panoptic_fpn_r50_cfg(num_stuff_plus_one=12, num_things=8):
+    """detectron2's Panoptic FPN R50 (its Base-RCNN-FPN + panoptic keys), random weights."""
+    cfg = get_cfg()
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.META_ARCHITECTURE = "PanopticFPN"
+    cfg.MODEL.MASK_ON = True
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    cfg.MODEL.RESNETS.DEPTH = 50
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
+    cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
+    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 1000
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
+    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_things
+    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 2
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
+    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
+    cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 4
+    cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = num_stuff_plus_one
+    cfg.INPUT.MIN_SIZE_TEST = 1024
+    cfg.INPUT.MAX_SIZE_TEST = 2048
+    return cfg
+
+
+def build(cfg, what="model"):
+    torch.manual_seed(0)
+    module = build_model(cfg) if what == "model" else build_backbone(cfg)
+    return module.eval()
+
+
+def count_parameters(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def fvcore_gflops(module, inputs):
+    from fvcore.nn import FlopCountAnalysis
+
+    analysis = FlopCountAnalysis(module, inputs)
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    return analysis.total() / 1e9
+
+
+def print_table(title, header, rows):
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    line = "| " + " | ".join(f"{h:<{w}}" for h, w in zip(header, widths)) + " |"
+    print(f"\n{title}\n")
+    print(line)
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print("| " + " | ".join(f"{str(x):<{w}}" for x, w in zip(row, widths)) + " |")
+    sys.stdout.flush()

@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""End-to-end CPU inference: EfficientPS-b5 (Cityscapes config) vs detectron2's Panoptic FPN R50.
+
+    python benchmarks/inference.py [--sizes 1024x2048 512x1024] [--runs 3]
+
+Image tensor in, panoptic output out (postprocessing and fusion included), random weights, 19
+classes for both. Both models are forced to the same instance workload: score threshold 0 and
+50 detections per image (random weights would otherwise give each a different number). Every
+(model, variant, size) runs in its own child process, so its peak RSS is its own. Variants of
+EfficientPS, each measured rather than assumed:
+  plain          the model as trained (eval mode)
+  folded         BatchNorm folded into the convs (model.prepare_for_inference())
+  folded+cl      + channels_last memory format
+Outputs of the variants are compared with the plain model's (same panoptic ids, logits within
+1e-4) in the child process.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+
+import torch
+from common import (
+    build,
+    efficientps_cfg,
+    machine_line,
+    median_seconds,
+    panoptic_fpn_r50_cfg,
+    peak_rss_mb,
+    print_table,
+)
+
+DETECTIONS = 50
+VARIANTS = {
+    "efficientps": ["plain", "folded", "folded+cl"],
+    "panoptic_fpn": ["plain"],
+}
+
+
+def model_for(kind):
+    if kind == "efficientps":
+        cfg = efficientps_cfg(
+            opts=[
+                "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+                "TEST.DETECTIONS_PER_IMAGE", str(DETECTIONS),
+                "MODEL.EFFICIENTPS.FUSION_SCORE_THRESH", "0.0",
+            ]
+        )  # fmt: skip
+    else:
+        cfg = panoptic_fpn_r50_cfg()
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+        cfg.TEST.DETECTIONS_PER_IMAGE = DETECTIONS
+        cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = 0.0
+    return build(cfg)
+
+
+def apply_variant(model, variant):
+    if "folded" in variant:
+        model.prepare_for_inference()
+    if "cl" in variant.split("+"):
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def worker(kind, variant, height, width, runs):
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8).float()
+    inputs = [{"image": image, "height": height, "width": width}]
+    model = model_for(kind)
+    check = None
+    if variant != "plain":
+        with torch.inference_mode():
+            reference = model(inputs)[0]
+        model = apply_variant(model, variant)
+        with torch.inference_mode():
+            output = model(inputs)[0]
+        check = {
+            "same_panoptic": bool(
+                torch.equal(reference["panoptic_seg"][0], output["panoptic_seg"][0])
+            ),
+            "sem_logit_diff": float((reference["sem_seg"] - output["sem_seg"]).abs().max()),
+        }
+    rss_before = peak_rss_mb()
+    with torch.inference_mode():
+        seconds, times = median_seconds(lambda: model(inputs), runs=runs)
+    return {"seconds": seconds, "times": times, "peak_rss_mb": peak_rss_mb(),
+            "rss_before_mb": rss_before, "check": check}  # fmt: skip
+
+
+def run_child(kind, variant, size, runs):
+    command = [sys.executable, __file__, "--worker", kind, variant, size, "--runs", str(runs)]
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{kind}/{variant}/{size} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["1024x2048", "512x1024"])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--worker", nargs=3, metavar=("MODEL", "VARIANT", "SIZE"))
+    args = parser.parse_args(argv)
+    if args.worker:
+        kind, variant, size = args.worker
+        height, width = map(int, size.split("x"))
+        print(json.dumps(worker(kind, variant, height, width, args.runs)))
+        return
+
+    print(f"End-to-end inference benchmark on: {machine_line()}")
+    rows = []
+    for size in args.sizes:
+        baseline = run_child("panoptic_fpn", "plain", size, args.runs)
+        results = [("Panoptic FPN R50", baseline)]
+        for variant in VARIANTS["efficientps"]:
+            results.append(
+                (f"EfficientPS-b5 {variant}", run_child("efficientps", variant, size, args.runs))
+            )
+        for name, r in results:
+            check = r["check"]
+            note = ""
+            if check:
+                note = (f"panoptic {'identical' if check['same_panoptic'] else 'DIFFERS'}, "
+                        f"logits max |diff| {check['sem_logit_diff']:.1e}")  # fmt: skip
+            rows.append(
+                (size, name, f"{r['seconds']:.2f}", f"{r['seconds'] / baseline['seconds']:.2f}",
+                 f"{r['peak_rss_mb']:.0f}", f"{r['peak_rss_mb'] / baseline['peak_rss_mb']:.2f}",
+                 note)
+            )  # fmt: skip
+    print_table(
+        f"End-to-end CPU inference, batch 1, median of {args.runs} after a warm-up",
+        ("input", "model", "s/img", "x PFPN", "peak RSS MB", "x PFPN", "check vs plain"),
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""CPU training step: EfficientPS-b5 (Cityscapes config) vs detectron2's Panoptic FPN R50.
+
+    python benchmarks/train_step.py [--size 512x1024] [--runs 3]
+
+Seconds per training iteration (forward, backward, SGD step) at batch 1 with a crop of --size,
+and the peak RSS of the process, for both models with random weights, 19 classes, the same
+synthetic targets (stuff regions and 6 instances). Each model runs in its own child process.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+
+import torch
+from common import (
+    build,
+    efficientps_cfg,
+    machine_line,
+    median_seconds,
+    panoptic_fpn_r50_cfg,
+    peak_rss_mb,
+    print_table,
+)
+from detectron2.structures import BitMasks, Instances
+from detectron2.utils.events import EventStorage
+
+
+def batch(height, width, semantic_classes, thing_offset):
+    """One image with stuff bands and 6 box-shaped instances of classes 0..5."""
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8)
+    sem_seg = torch.zeros(height, width, dtype=torch.long)
+    for band in range(4):
+        sem_seg[band * height // 4 : (band + 1) * height // 4] = band
+    masks = torch.zeros(6, height, width, dtype=torch.bool)
+    for k in range(6):
+        y0, x0 = (k % 2) * height // 2 + height // 16, k * width // 6 + width // 48
+        masks[k, y0 : y0 + height // 4, x0 : x0 + width // 8] = True
+        sem_seg[masks[k]] = thing_offset + k if thing_offset is not None else 0
+    instances = Instances((height, width))
+    instances.gt_masks = BitMasks(masks)
+    instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
+    instances.gt_classes = torch.arange(6)
+    return [{"image": image.float(), "sem_seg": sem_seg.clamp(max=semantic_classes - 1),
+             "instances": instances, "height": height, "width": width}]  # fmt: skip
+
+
+def worker(kind, height, width, runs):
+    if kind == "efficientps":
+        model = build(efficientps_cfg())
+        inputs = batch(height, width, 19, thing_offset=11)
+    else:
+        model = build(panoptic_fpn_r50_cfg())
+        inputs = batch(height, width, 12, thing_offset=None)  # PanopticFPN: things = class 0
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def step():
+        losses = model(inputs)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    with EventStorage(0):
+        seconds, times = median_seconds(step, runs=runs)
+    return {"seconds": seconds, "times": times, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_child(kind, size, runs):
+    command = [sys.executable, __file__, "--worker", kind, "--size", size, "--runs", str(runs)]
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{kind} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="512x1024", help="HxW crop")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--worker", choices=["efficientps", "panoptic_fpn"])
+    args = parser.parse_args(argv)
+    height, width = map(int, args.size.split("x"))
+    if args.worker:
+        print(json.dumps(worker(args.worker, height, width, args.runs)))
+        return
+    print(f"Training-step benchmark on: {machine_line()}")
+    baseline = run_child("panoptic_fpn", args.size, args.runs)
+    ours = run_child("efficientps", args.size, args.runs)
+    rows = [
+        (name, f"{r['seconds']:.2f}", f"{r['seconds'] / baseline['seconds']:.2f}",
+         f"{r['peak_rss_mb']:.0f}", f"{r['peak_rss_mb'] / baseline['peak_rss_mb']:.2f}")
+        for name, r in (("Panoptic FPN R50", baseline), ("EfficientPS-b5", ours))
+    ]  # fmt: skip
+    print_table(
+        f"CPU training step, batch 1, crop {args.size}, median of {args.runs} after a warm-up",
+        ("model", "s/iter", "x PFPN", "peak RSS MB", "x PFPN"),
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()
