@@ -78,6 +78,42 @@ def visualise(output_dir, dataset_root, config=DEMO_CONFIG, num_images=4):
     return sorted(glob.glob(os.path.join(vis_dir, "*_vis.png")))
 
 
+def overview_sheet(output_dir, vis_paths, scale=2):
+    """One PNG to look at: per row the ground truth and the prediction of a val image."""
+    import cv2
+    import numpy as np
+    import torch
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from .demo import visualize_panoptic
+    from .evaluation import read_panoptic_png
+
+    metadata = MetadataCatalog.get("synthetic_panoptic_val")
+    records = {os.path.basename(r["file_name"]): r for r in DatasetCatalog.get(metadata.name)}
+    rows = []
+    for vis_path in vis_paths:
+        record = records[os.path.basename(vis_path).replace("_vis.png", ".png")]
+        image = cv2.imread(record["file_name"])[:, :, ::-1]
+        ids = torch.as_tensor(read_panoptic_png(record["pan_seg_file_name"]))
+        segments = [
+            {"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
+            for s in record["segments_info"]
+        ]
+        truth = visualize_panoptic(image, ids, segments, metadata)
+        prediction = cv2.imread(vis_path)[:, :, ::-1]
+        rows.append(np.concatenate([truth, np.full((truth.shape[0], 4, 3), 255), prediction], 1))
+    sheet = np.concatenate(
+        [np.pad(r, ((0, 4), (0, 0), (0, 0)), constant_values=255) for r in rows], 0
+    ).astype(np.uint8)
+    sheet = cv2.resize(sheet, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    header = np.full((28, sheet.shape[1], 3), 255, np.uint8)
+    for text, x in (("ground truth", 8), ("EfficientPS prediction", sheet.shape[1] // 2 + 8)):
+        cv2.putText(header, text, (x, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1)
+    path = os.path.join(output_dir, "visualisations", "overview.png")
+    cv2.imwrite(path, np.concatenate([header, sheet], 0)[:, :, ::-1])
+    return path
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="output/demo", help="training + evaluation folder")
@@ -97,6 +133,7 @@ def main(argv=None):
     synthetic_root = ensure_synthetic(os.path.join(datasets_root, "synthetic"))
     results = train_and_evaluate(output_dir, extra_opts=args.opts)
     visualisations = visualise(output_dir, synthetic_root)
+    overview = overview_sheet(output_dir, visualisations)
 
     minutes = (time.perf_counter() - start) / 60
     panoptic = results.get("panoptic_seg", {})
@@ -111,9 +148,8 @@ def main(argv=None):
     print(f"dataset:         {synthetic_root}")
     print(f"model + logs:    {output_dir} (model_final.pth, log.txt, metrics.json)")
     print(f"evaluation:      {os.path.join(output_dir, 'inference', 'synthetic_panoptic_val')}")
-    print(f"visualisations:  {os.path.dirname(visualisations[0]) if visualisations else '-'}")
-    for path in visualisations:
-        print(f"                 {path}")
+    print(f"look at:         {overview} (ground truth | prediction)")
+    print(f"per image:       {os.path.dirname(overview)} (*_vis.png, *_panoptic.png/json)")
     return results
 
 
