@@ -47,8 +47,13 @@ test: install
 demo: install
 	$(PY) -m efficientps.demo_pipeline --output $(DEMO_DIR)
 
+# About 20 minutes on 2 cores; each script prints the table that README shows.
 bench: install
 	$(PY) benchmarks/backbone.py
+	$(PY) benchmarks/model_flops.py
+	$(PY) benchmarks/inference.py
+	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/pq_eval.py
 
 lint: install
 	$(PY) -m ruff check .

@@ -52,7 +52,9 @@ def main(argv=None):
         flops = float("nan") if args.no_flops else fvcore_gflops(backbone, (image,))
         measured.append((name, count_parameters(backbone), flops, seconds))
         if name.startswith("efficientnet-b5"):
-            folded = fold_batchnorm(copy.deepcopy(backbone))
+            folded = copy.deepcopy(backbone)
+            with torch.no_grad():
+                fold_batchnorm(folded)
             with torch.inference_mode():
                 reference = backbone(image)
                 output = folded(image)

@@ -109,7 +109,7 @@ def test_config_mapper_uses_scale_crop_and_flip():
     cfg.merge_from_file(str(CONFIGS / "demo" / "efficientps_synthetic_cpu.yaml"))
     mapper = EfficientPSPanopticMapper(cfg, is_train=True)
     kinds = [type(a).__name__ for a in mapper.augmentations.augs]
-    assert kinds == ["RandomScale", "RandomCrop", "RandomFlip"]
+    assert kinds == ["ResizeShortestEdge", "RandomScale", "RandomCrop", "RandomFlip"]
     test_mapper = EfficientPSPanopticMapper(cfg, is_train=False)
     assert [type(a).__name__ for a in test_mapper.augmentations.augs] == ["ResizeShortestEdge"]
 

@@ -22,6 +22,7 @@ DEMO_CONFIG = str(REPO / "configs" / "demo" / "efficientps_synthetic_cpu.yaml")
 # The demo config made tiny: 64x128 images, batch 2, no loader workers.
 TINY = [
     "INPUT.CROP.SIZE", "[64, 128]", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128",
+    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "128",
     "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "2", "DATALOADER.NUM_WORKERS", "0",
     "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
 ]  # fmt: skip

@@ -67,7 +67,16 @@ class EfficientPSPanopticMapper:
     @classmethod
     def from_config(cls, cfg, is_train=True):
         if is_train:
-            augmentations = [RandomScale(*cfg.INPUT.SCALE_RANGE)]
+            # detectron2's base resize (e.g. Vistas to a ~2048 shorter side), then the paper's
+            # random scale around it, crop and flip.
+            augmentations = [
+                T.ResizeShortestEdge(
+                    cfg.INPUT.MIN_SIZE_TRAIN,
+                    cfg.INPUT.MAX_SIZE_TRAIN,
+                    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
+                ),
+                RandomScale(*cfg.INPUT.SCALE_RANGE),
+            ]
             if cfg.INPUT.CROP.ENABLED:
                 augmentations.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
             if cfg.INPUT.RANDOM_FLIP != "none":

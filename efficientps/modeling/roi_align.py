@@ -18,8 +18,9 @@ from torchvision.ops import roi_align as torchvision_roi_align
 def _axis_samples(start, end, bins, grid, size, max_grid):
     """Bilinear taps of one axis: indices and weights shaped (R, bins, max_grid * 2).
 
-    ``grid`` (R,) is each ROI's number of sampling points per bin on this axis; entries past it
-    get weight 0 (they pad ROIs whose adaptive ratio is below the largest in the batch).
+    ``grid`` (R,) is each ROI's number of sampling points per bin on this axis (callers group
+    ROIs so that it equals ``max_grid``); entries past it get weight 0, which is how a ROI of
+    zero size (grid 0) pools to zeros as in torchvision.
     """
     dtype = start.dtype
     bin_size = (end - start) / bins
@@ -60,31 +61,47 @@ def roi_align_embedding_bag(features, rois, output_size, spatial_scale, sampling
     if not aligned:  # torchvision's legacy mode forces ROIs to be at least 1x1
         roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
     if sampling_ratio > 0:
-        grid_h = torch.full((num_rois,), sampling_ratio, device=rois.device)
+        grid_h = torch.full((num_rois,), sampling_ratio, device=rois.device, dtype=torch.long)
         grid_w = grid_h
-    else:
-        grid_h = torch.ceil(roi_h / out_h).long()
-        grid_w = torch.ceil(roi_w / out_w).long()
-    max_h = max(int(grid_h.max()), 1)
-    max_w = max(int(grid_w.max()), 1)
-    rows, row_w = _axis_samples(y0, y0 + roi_h, out_h, grid_h, height, max_h)
-    cols, col_w = _axis_samples(x0, x0 + roi_w, out_w, grid_w, width, max_w)
+    else:  # adaptive: ceil(roi size / bins) sampling points per bin, per ROI
+        grid_h = torch.ceil(roi_h / out_h).long().clamp(min=0)
+        grid_w = torch.ceil(roi_w / out_w).long().clamp(min=0)
     count = (grid_h * grid_w).clamp(min=1).to(features.dtype)
-
     image = rois[:, 0].long()
-    # (R, out_h, out_w, taps_h, taps_w): flat row of (image, y, x) in channels-last features.
-    flat = (image[:, None, None, None, None] * height + rows[:, :, None, :, None]) * width + cols[
-        :, None, :, None, :
-    ]
-    weights = (
-        row_w[:, :, None, :, None] * col_w[:, None, :, None, :] / count[:, None, None, None, None]
-    )
-    taps = flat.shape[-1] * flat.shape[-2]
+
+    # ROIs with the same sampling grid share a tap count; each group is laid out exactly (no
+    # padding to the largest ROI's grid), and all bags go to one embedding_bag call.
+    stride = int(grid_w.max()) + 1
+    group_key = grid_h * stride + grid_w
+    order, indices, weights, bag_sizes = [], [], [], []
+    for key in torch.unique(group_key).tolist():
+        members = torch.nonzero(group_key == key).flatten()
+        taps_h, taps_w = max(key // stride, 1), max(key % stride, 1)
+        rows, row_w = _axis_samples(
+            y0[members], y0[members] + roi_h[members], out_h, grid_h[members], height, taps_h
+        )
+        cols, col_w = _axis_samples(
+            x0[members], x0[members] + roi_w[members], out_w, grid_w[members], width, taps_w
+        )
+        # (R, out_h, out_w, taps_h, taps_w): flat row of (image, y, x) in channels-last rows.
+        flat = image[members, None, None, None, None] * height + rows[:, :, None, :, None]
+        flat = flat * width + cols[:, None, :, None, :]
+        weight = row_w[:, :, None, :, None] * col_w[:, None, :, None, :]
+        weight = weight / count[members, None, None, None, None]
+        order.append(members)
+        indices.append(flat.reshape(-1))
+        weights.append(weight.reshape(-1))
+        bags = len(members) * out_h * out_w
+        bag_sizes.append(torch.full((bags,), 4 * taps_h * taps_w, device=rois.device))
+    bag_sizes = torch.cat(bag_sizes)
+    offsets = torch.cumsum(bag_sizes, 0) - bag_sizes
     table = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
     pooled = F.embedding_bag(
-        flat.reshape(-1, taps), table, per_sample_weights=weights.reshape(-1, taps), mode="sum"
+        torch.cat(indices), table, offsets, per_sample_weights=torch.cat(weights), mode="sum"
     )
-    return pooled.view(num_rois, out_h, out_w, channels).permute(0, 3, 1, 2).contiguous()
+    output = pooled.new_empty(num_rois, out_h, out_w, channels)
+    output[torch.cat(order)] = pooled.view(-1, out_h, out_w, channels)
+    return output.permute(0, 3, 1, 2).contiguous()
 
 
 class FastCPUROIAlign(nn.Module):

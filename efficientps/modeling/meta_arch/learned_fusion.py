@@ -59,12 +59,19 @@ class LearnedPanopticFusion(nn.Module):
             fused = fused_instance_logits(w[:, 0] * ml_a + w[:, 1], w[:, 2] * ml_b + w[:, 3])
             fused = torch.where(inside, fused, torch.full_like(fused, OUTSIDE_BOX_LOGIT))
             logits = torch.cat([sem[stuff_channels], fused], dim=0)
-            losses.append(
-                F.cross_entropy(
-                    logits[None],
-                    self._panoptic_target(target, stuff_channels, (height, width))[None],
-                    ignore_index=self.ignore_value,
+            panoptic = self._panoptic_target(target, stuff_channels, (height, width))
+            # At the loss scale an instance's pixels can fall just outside its pasted box, where
+            # its logit is OUTSIDE_BOX_LOGIT; those pixels say nothing about the fusion.
+            instance = panoptic - len(stuff_channels)
+            is_instance = (instance >= 0) & (panoptic != self.ignore_value)
+            rows = instance.clamp(min=0, max=max(len(classes) - 1, 0))
+            if len(classes):
+                outside = is_instance & ~inside.gather(0, rows[None]).squeeze(0)
+                panoptic = torch.where(
+                    outside, torch.full_like(panoptic, self.ignore_value), panoptic
                 )
+            losses.append(
+                F.cross_entropy(logits[None], panoptic[None], ignore_index=self.ignore_value)
             )
         loss = torch.stack(losses).nanmean() if losses else sem_logits.sum() * 0.0
         return {"loss_panoptic": torch.nan_to_num(loss) * self.loss_weight}

@@ -1,0 +1,134 @@
+"""The demo CLI (files, folders, videos, unreadable input) and the optimised inference path."""
+
+import json
+import uuid
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from efficientps import add_efficientps_config
+from efficientps.data import synthetic
+from efficientps.data.datasets import register_synthetic_panoptic
+from efficientps.demo import UnreadableInputError
+from efficientps.demo import main as demo_main
+from efficientps.evaluation import read_panoptic_png
+
+from .helpers import CONFIGS
+
+DEMO_CONFIG = str(CONFIGS / "demo" / "efficientps_synthetic_cpu.yaml")
+# Random weights score every class low: keep the detections so the instance path runs.
+KEEP_DETECTIONS = [
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.EFFICIENTPS.FUSION_SCORE_THRESH", "0.0",
+    "TEST.DETECTIONS_PER_IMAGE", "10", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128",
+]  # fmt: skip
+
+
+def demo_cfg(opts=()):
+    cfg = get_cfg()
+    add_efficientps_config(cfg)
+    cfg.merge_from_file(DEMO_CONFIG)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def randomise_batchnorm(model, seed=0):
+    """Non-trivial running statistics and affine parameters, so folding them is a real test."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+
+
+@pytest.fixture(scope="module")
+def trained_files(tmp_path_factory):
+    """A val split on disk, its registration, and a checkpoint of a (random) demo model."""
+    root = tmp_path_factory.mktemp("demo_cli")
+    synthetic.generate_split(str(root / "synthetic"), "val", 3, seed=2, size=(64, 128),
+                             progress=False)  # fmt: skip
+    name = f"synth_demo_{uuid.uuid4().hex[:6]}"
+    register_synthetic_panoptic(name, str(root / "synthetic"), "val")
+    opts = [*KEEP_DETECTIONS, "DATASETS.TEST", f"('{name}',)", "DATASETS.TRAIN", f"('{name}',)"]
+    torch.manual_seed(0)
+    model = build_model(demo_cfg(opts))
+    randomise_batchnorm(model)
+    weights = root / "model.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    images = sorted((root / "synthetic" / "leftImg8bit" / "val" / "synth").glob("*.png"))
+    return root, images, [*opts, "MODEL.WEIGHTS", str(weights)]
+
+
+def test_demo_writes_png_json_and_visualisation_per_image(trained_files, tmp_path):
+    root, images, opts = trained_files
+    folder = images[0].parent
+    written = demo_main(["--config-file", DEMO_CONFIG, "--input", str(folder),
+                         "--output", str(tmp_path), "--opts", *opts])  # fmt: skip
+    assert len(written) == 3
+    for image in images:
+        stem = tmp_path / image.stem
+        ids = read_panoptic_png(f"{stem}_panoptic.png")
+        segments = json.loads(open(f"{stem}_panoptic.json").read())["segments_info"]
+        assert ids.shape == (64, 128)
+        assert set(np.unique(ids).tolist()) - {0} == {s["id"] for s in segments}
+        dataset_ids = {c["id"] for c in synthetic.CATEGORIES}
+        assert all(s["category_id"] in dataset_ids for s in segments)  # the dataset's own ids
+        assert any(s["isthing"] for s in segments)
+        vis = cv2.imread(f"{stem}_vis.png")
+        assert vis.shape == (64, 128, 3)
+
+
+def test_demo_reads_videos_frame_by_frame(trained_files, tmp_path):
+    root, images, opts = trained_files
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (128, 64))
+    for image in images[:2]:
+        writer.write(cv2.imread(str(image)))
+    writer.release()
+    out = tmp_path / "out"
+    written = demo_main(["--config-file", DEMO_CONFIG, "--input", str(video), "--output",
+                         str(out), "--opts", *opts])  # fmt: skip
+    assert [p.rsplit("/", 1)[1] for p in written] == ["clip_000000", "clip_000001"]
+    assert (out / "clip_000001_vis.png").is_file()
+
+
+def test_demo_names_unreadable_and_missing_inputs(trained_files, tmp_path):
+    _, _, opts = trained_files
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    with pytest.raises(UnreadableInputError, match="broken.png"):
+        demo_main(["--config-file", DEMO_CONFIG, "--input", str(broken), "--output",
+                   str(tmp_path / "o"), "--opts", *opts])  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        demo_main(["--config-file", DEMO_CONFIG, "--input", str(tmp_path / "nothing_here*.png"),
+                   "--output", str(tmp_path / "o"), "--opts", *opts])  # fmt: skip
+
+
+def test_optimised_inference_gives_the_plain_panoptic_output():
+    cfg = demo_cfg(KEEP_DETECTIONS)
+    cfg.MODEL.EFFICIENTPS.STUFF_CHANNELS = [0, 1, 2, 3, 4]
+    cfg.MODEL.EFFICIENTPS.THING_CHANNELS = [5, 6, 7]
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    randomise_batchnorm(model)
+    image = torch.randint(0, 256, (3, 75, 131), generator=torch.Generator().manual_seed(1))
+    inputs = [{"image": image.float(), "height": 75, "width": 131}]
+    with torch.inference_mode():
+        plain = model(inputs)[0]
+    model.prepare_for_inference()  # BatchNorm folded into the convs
+    model.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        fast = model(inputs)[0]
+    assert len(plain["instances"]) > 0
+    torch.testing.assert_close(fast["sem_seg"], plain["sem_seg"], atol=1e-4, rtol=0)
+    assert torch.equal(fast["panoptic_seg"][0], plain["panoptic_seg"][0])
+    assert [s["category_id"] for s in fast["panoptic_seg"][1]] == [
+        s["category_id"] for s in plain["panoptic_seg"][1]
+    ]
