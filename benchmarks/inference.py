@@ -7,12 +7,13 @@ Image tensor in, panoptic output out (postprocessing and fusion included), rando
 classes for both. Both models are forced to the same instance workload: score threshold 0 and
 50 detections per image (random weights would otherwise give each a different number). Every
 (model, variant, size) runs in its own child process, so its peak RSS is its own. Variants of
-EfficientPS, each measured rather than assumed:
-  plain          the model as trained (eval mode)
-  folded         BatchNorm folded into the convs (model.prepare_for_inference())
-  folded+cl      + channels_last memory format
-Outputs of the variants are compared with the plain model's (same panoptic ids, logits within
-1e-4) in the child process.
+EfficientPS, each adding one optimisation, each measured rather than assumed:
+  plain          the model as trained (eval mode), torchvision's ROIAlign kernel
+  +roialign      the embedding-bag ROIAlign (MODEL.EFFICIENTPS.FAST_CPU_ROI_ALIGN)
+  +fold          + BatchNorm folded into the convs (model.prepare_for_inference())
+  +cl            + channels_last memory format
+Outputs of each variant are compared with the plain model's (same panoptic ids, semantic logits
+within 1e-4) in the child process.
 """
 
 import argparse
@@ -32,19 +33,17 @@ from common import (
 )
 
 DETECTIONS = 50
-VARIANTS = {
-    "efficientps": ["plain", "folded", "folded+cl"],
-    "panoptic_fpn": ["plain"],
-}
+VARIANTS = ["plain", "+roialign", "+fold", "+cl"]
 
 
-def model_for(kind):
+def model_for(kind, fast_roi_align=True):
     if kind == "efficientps":
         cfg = efficientps_cfg(
             opts=[
                 "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
                 "TEST.DETECTIONS_PER_IMAGE", str(DETECTIONS),
                 "MODEL.EFFICIENTPS.FUSION_SCORE_THRESH", "0.0",
+                "MODEL.EFFICIENTPS.FAST_CPU_ROI_ALIGN", str(fast_roi_align),
             ]
         )  # fmt: skip
     else:
@@ -56,40 +55,54 @@ def model_for(kind):
 
 
 def apply_variant(model, variant):
-    if "folded" in variant:
+    """The optimisations up to and including ``variant`` (ROIAlign is chosen at build time)."""
+    level = VARIANTS.index(variant)
+    if level >= VARIANTS.index("+fold"):
         model.prepare_for_inference()
-    if "cl" in variant.split("+"):
+    if level >= VARIANTS.index("+cl"):
         model.to(memory_format=torch.channels_last)
     return model
 
 
-def worker(kind, variant, height, width, runs):
+def make_inputs(height, width):
     torch.manual_seed(0)
     image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8).float()
-    inputs = [{"image": image, "height": height, "width": width}]
-    model = model_for(kind)
-    check = None
-    if variant != "plain":
-        with torch.inference_mode():
-            reference = model(inputs)[0]
-        model = apply_variant(model, variant)
-        with torch.inference_mode():
-            output = model(inputs)[0]
-        check = {
-            "same_panoptic": bool(
-                torch.equal(reference["panoptic_seg"][0], output["panoptic_seg"][0])
-            ),
-            "sem_logit_diff": float((reference["sem_seg"] - output["sem_seg"]).abs().max()),
-        }
-    rss_before = peak_rss_mb()
+    return [{"image": image, "height": height, "width": width}]
+
+
+def build_variant(kind, variant):
+    """The model with the optimisations up to ``variant``, weights of the plain model's seed."""
+    model = model_for(kind, fast_roi_align=False)
+    if variant == "plain":
+        return model
+    optimised = model_for(kind, fast_roi_align=True)
+    optimised.load_state_dict(model.state_dict())
+    return apply_variant(optimised, variant)
+
+
+def timing_worker(kind, variant, height, width, runs):
+    """Latency and peak RSS of one variant alone in this process."""
+    inputs = make_inputs(height, width)
+    model = build_variant(kind, variant)
     with torch.inference_mode():
         seconds, times = median_seconds(lambda: model(inputs), runs=runs)
-    return {"seconds": seconds, "times": times, "peak_rss_mb": peak_rss_mb(),
-            "rss_before_mb": rss_before, "check": check}  # fmt: skip
+    return {"seconds": seconds, "times": times, "peak_rss_mb": peak_rss_mb()}
 
 
-def run_child(kind, variant, size, runs):
+def check_worker(kind, variant, height, width):
+    """Outputs of the variant against the plain model (its own process: memory not counted)."""
+    inputs = make_inputs(height, width)
+    with torch.inference_mode():
+        reference = build_variant(kind, "plain")(inputs)[0]
+        output = build_variant(kind, variant)(inputs)[0]
+    same = torch.equal(reference["panoptic_seg"][0], output["panoptic_seg"][0])
+    difference = float((reference["sem_seg"] - output["sem_seg"]).abs().max())
+    return {"same_panoptic": bool(same), "sem_logit_diff": difference}
+
+
+def run_child(kind, variant, size, runs, mode="time"):
     command = [sys.executable, __file__, "--worker", kind, variant, size, "--runs", str(runs)]
+    command += ["--check"] if mode == "check" else []
     out = subprocess.run(command, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"{kind}/{variant}/{size} failed:\n{out.stderr[-3000:]}")
@@ -101,24 +114,29 @@ def main(argv=None):
     parser.add_argument("--sizes", nargs="+", default=["1024x2048", "512x1024"])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "VARIANT", "SIZE"))
+    parser.add_argument("--check", action="store_true", help="worker: compare with plain")
     args = parser.parse_args(argv)
     if args.worker:
         kind, variant, size = args.worker
         height, width = map(int, size.split("x"))
-        print(json.dumps(worker(kind, variant, height, width, args.runs)))
+        if args.check:
+            print(json.dumps(check_worker(kind, variant, height, width)))
+        else:
+            print(json.dumps(timing_worker(kind, variant, height, width, args.runs)))
         return
 
     print(f"End-to-end inference benchmark on: {machine_line()}")
     rows = []
     for size in args.sizes:
         baseline = run_child("panoptic_fpn", "plain", size, args.runs)
-        results = [("Panoptic FPN R50", baseline)]
-        for variant in VARIANTS["efficientps"]:
-            results.append(
-                (f"EfficientPS-b5 {variant}", run_child("efficientps", variant, size, args.runs))
-            )
-        for name, r in results:
-            check = r["check"]
+        results = [("Panoptic FPN R50", baseline, None)]
+        for variant in VARIANTS:
+            timing = run_child("efficientps", variant, size, args.runs)
+            check = None
+            if variant != "plain":
+                check = run_child("efficientps", variant, size, args.runs, mode="check")
+            results.append((f"EfficientPS-b5 {variant}", timing, check))
+        for name, r, check in results:
             note = ""
             if check:
                 note = (f"panoptic {'identical' if check['same_panoptic'] else 'DIFFERS'}, "
