@@ -52,7 +52,11 @@ def worker(kind, height, width, runs):
         model = build(efficientps_cfg())
         inputs = batch(height, width, 19, thing_offset=11)
     else:
-        model = build(panoptic_fpn_r50_cfg())
+        cfg = panoptic_fpn_r50_cfg()
+        # Trainable BatchNorm like ours: with random weights, FrozenBN (ImageNet statistics
+        # expected) lets the activations of a 50-layer ResNet overflow and training diverges.
+        cfg.MODEL.RESNETS.NORM = "BN"
+        model = build(cfg)
         inputs = batch(height, width, 12, thing_offset=None)  # PanopticFPN: things = class 0
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)

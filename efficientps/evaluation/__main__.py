@@ -5,15 +5,33 @@
 """
 
 import argparse
+import itertools
 import json
 import os
 import sys
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 from tqdm import tqdm
 
 from .panoptic_evaluator import read_panoptic_png
 from .panoptic_quality import PanopticFormatError, PQAccumulator, format_table
+
+
+def prefetched(items, load, workers=2, ahead=4):
+    """(item, load(item)) in order, loading up to ``ahead`` items in threads (PNG decoding
+    releases the GIL, so it overlaps the PQ arithmetic of the previous image)."""
+    iterator = iter(items)
+    with ThreadPoolExecutor(workers) as pool:
+        pending = deque(
+            (item, pool.submit(load, item)) for item in itertools.islice(iterator, ahead)
+        )
+        while pending:
+            item, future = pending.popleft()
+            for following in itertools.islice(iterator, 1):
+                pending.append((following, pool.submit(load, following)))
+            yield item, future.result()
 
 
 def evaluate_folders(gt_json, gt_dir, pred_json, pred_dir, progress=True):
@@ -31,8 +49,8 @@ def evaluate_folders(gt_json, gt_dir, pred_json, pred_dir, progress=True):
     if "categories" not in gt:
         raise PanopticFormatError(f"{gt_json}: no 'categories' (not COCO-panoptic)")
     predictions = {a["image_id"]: a for a in pred.get("annotations", [])}
-    accumulator = PQAccumulator(gt["categories"])
-    for annotation in tqdm(gt["annotations"], desc="PQ", disable=not progress):
+
+    def load(annotation):
         image_id = annotation["image_id"]
         if image_id not in predictions:
             raise PanopticFormatError(f"{pred_json}: no prediction for image {image_id!r}")
@@ -42,12 +60,17 @@ def evaluate_folders(gt_json, gt_dir, pred_json, pred_dir, progress=True):
         for path in (gt_path, pred_path):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"image {image_id!r}: {path} not found")
+        return prediction, pred_path, read_panoptic_png(gt_path), read_panoptic_png(pred_path)
+
+    accumulator = PQAccumulator(gt["categories"])
+    annotations = tqdm(gt["annotations"], desc="PQ", disable=not progress)
+    for annotation, (prediction, pred_path, gt_ids, pred_ids) in prefetched(annotations, load):
         accumulator.add(
-            read_panoptic_png(gt_path),
+            gt_ids,
             annotation["segments_info"],
-            read_panoptic_png(pred_path),
+            pred_ids,
             prediction["segments_info"],
-            image_name=f"{image_id} ({pred_path})",
+            image_name=f"{annotation['image_id']} ({pred_path})",
         )
     return accumulator.results(), gt["categories"]
 

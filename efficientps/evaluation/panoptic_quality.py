@@ -12,26 +12,58 @@ from dataclasses import dataclass
 import numpy as np
 
 VOID = 0
-# Beyond this many (gt id x pred id) bins, intersections are counted with np.unique instead.
-MAX_DENSE_BINS = 1 << 26
+# PNG ids are 24-bit (R + 256 G + 256^2 B): a lookup table over that range maps them to a few
+# compact labels in one gather, with no sort over the image's pixels.
+ID_RANGE = 1 << 24
+UNLISTED = -1  # any id that the segments do not list (reported or ignored by the caller)
+_lookup = None
 
 
 class PanopticFormatError(ValueError):
     """Inputs that PQ cannot be computed on; the message names the image."""
 
 
-def intersections(gt_ids, pred_ids):
-    """Pixel counts of every (gt id, pred id) pair that occurs: three 1-D arrays."""
-    gt = gt_ids.ravel().astype(np.int64, copy=False)
-    pred = pred_ids.ravel().astype(np.int64, copy=False)
-    stride = int(pred.max(initial=0)) + 1
-    bins = (int(gt.max(initial=0)) + 1) * stride
-    if bins <= MAX_DENSE_BINS:
-        counts = np.bincount(gt * stride + pred, minlength=bins)
-        joint = np.flatnonzero(counts)
-        return joint // stride, joint % stride, counts[joint]
-    joint, counts = np.unique(gt * stride + pred, return_counts=True)
-    return joint // stride, joint % stride, counts
+def _lookup_table():
+    global _lookup
+    if _lookup is None:
+        _lookup = np.full(ID_RANGE, -1, np.int32)
+    return _lookup
+
+
+def compact_labels(ids, listed):
+    """(labels, compact) with ``labels[compact] == ids`` for listed ids and VOID, UNLISTED else.
+
+    ``labels`` is sorted VOID + ``listed`` ids followed by UNLISTED; ``compact`` is int32 per pixel.
+    """
+    labels = np.union1d(np.asarray(listed, np.int64), [VOID])
+    flat = ids.ravel()
+    if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= ID_RANGE or labels[-1] >= ID_RANGE):
+        unique, inverse = np.unique(flat, return_inverse=True)  # out of PNG range: sort instead
+        position = np.searchsorted(labels, unique).clip(max=len(labels) - 1)
+        known = labels[position] == unique
+        compact = np.where(known, position, len(labels))[inverse].astype(np.int32)
+        return np.append(labels, UNLISTED), compact
+    table = _lookup_table()
+    table[labels] = np.arange(len(labels), dtype=np.int32)
+    try:
+        compact = table[flat]
+    finally:
+        table[labels] = -1
+    compact[compact < 0] = len(labels)
+    return np.append(labels, UNLISTED), compact
+
+
+def intersections(gt_ids, pred_ids, gt_listed=(), pred_listed=()):
+    """Pixel counts of every (gt id, pred id) pair that occurs: three 1-D arrays.
+
+    Ids not in ``*_listed`` (nor VOID) are reported as UNLISTED.
+    """
+    gt_labels, gt = compact_labels(gt_ids, gt_listed)
+    pred_labels, pred = compact_labels(pred_ids, pred_listed)
+    stride = len(pred_labels)
+    counts = np.bincount(gt * stride + pred, minlength=len(gt_labels) * stride)
+    joint = np.flatnonzero(counts)
+    return gt_labels[joint // stride], pred_labels[joint % stride], counts[joint]
 
 
 @dataclass
@@ -97,9 +129,15 @@ class PQAccumulator:
             )
         gt = SegmentTable.from_segments(gt_segments, self.category_index, image_name, "gt")
         pred = SegmentTable.from_segments(pred_segments, self.category_index, image_name, "pred")
-        gi, pi, inter = intersections(gt_ids, pred_ids)
+        gi, pi, inter = intersections(gt_ids, pred_ids, gt.ids, pred.ids)
 
         # Prediction ids must be exactly its segments (id 0 is void).
+        if (pi == UNLISTED).any():
+            unknown = np.setdiff1d(np.unique(pred_ids), np.append(pred.ids, VOID))
+            raise PanopticFormatError(
+                f"{image_name}: predicted segment ids {unknown[:10].tolist()} are in the PNG but "
+                "not in its segments_info"
+            )
         pred_present = np.unique(pi[pi != VOID])
         unknown = np.setdiff1d(pred_present, pred.ids)
         if len(unknown):
