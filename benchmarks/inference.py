@@ -77,6 +77,7 @@ def build_variant(kind, variant):
         return model
     optimised = model_for(kind, fast_roi_align=True)
     optimised.load_state_dict(model.state_dict())
+    del model  # only its weights were needed
     return apply_variant(optimised, variant)
 
 

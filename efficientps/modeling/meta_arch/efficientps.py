@@ -140,7 +140,9 @@ class EfficientPS(nn.Module):
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         if not self.training:
-            return self.inference(batched_inputs, images, features)
+            heads = self.run_heads(images, features)
+            del features  # the pyramid is not needed for postprocessing: lower peak memory
+            return self.postprocess(batched_inputs, images, *heads)
 
         sem_targets = ImageList.from_tensors(
             [x["sem_seg"].to(self.device) for x in batched_inputs],
@@ -185,16 +187,26 @@ class EfficientPS(nn.Module):
         )
 
     def inference(self, batched_inputs, images, features):
+        return self.postprocess(batched_inputs, images, *self.run_heads(images, features))
+
+    def run_heads(self, images, features):
+        """(semantic logits, detections with mask logits) at the padded input size."""
         sem_logits, _ = self.sem_seg_head(features)
         proposals, _ = self.proposal_generator(images, features, None)
         detections, _ = self.roi_heads(images, features, proposals, None)
+        return sem_logits, detections
+
+    def postprocess(self, batched_inputs, images, sem_logits, detections):
+        """Resize to each input's height/width and fuse."""
         results = []
         for sem, det, x, image_size in zip(
             sem_logits, detections, batched_inputs, images.image_sizes
         ):
             height = x.get("height", image_size[0])
             width = x.get("width", image_size[1])
-            sem = sem_seg_postprocess(sem, image_size, height, width)
+            if sem.shape[-2:] != (height, width) or tuple(image_size) != (height, width):
+                sem = sem_seg_postprocess(sem, image_size, height, width)
+            # else: already the requested size, unpadded; skip a full-resolution copy
             det = detector_postprocess(det, height, width)
             results.append(
                 {"sem_seg": sem, "instances": det, "panoptic_seg": self.panoptic_fusion(sem, det)}

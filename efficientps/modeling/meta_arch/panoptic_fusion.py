@@ -20,24 +20,30 @@ def _box_slices(box, height, width):
     return ys, xs
 
 
-def overlap_filter(mask_logits, boxes, overlap_thresh):
+def overlap_filter(mask_logits, boxes, overlap_thresh, order=None):
     """Greedy overlap filter over detections sorted by confidence (highest first).
 
     An instance whose binary mask (sigmoid > 0.5, i.e. logit > 0) has more than
     ``overlap_thresh`` of its pixels already taken is dropped; otherwise the taken pixels are
     removed from its mask and the rest become taken.
 
+    ``order`` (K,) visits ``mask_logits[order[k]]`` / ``boxes[order[k]]`` as instance k without
+    copying the (N, H, W) maps into that order; None is 0..N-1.
+
     Returns:
-        owner: (H, W) int64 index of the instance owning each pixel, -1 for none.
-        kept: (N,) bool.
+        owner: (H, W) int64 index k of the instance owning each pixel, -1 for none.
+        kept: (K,) bool.
     """
-    n, height, width = mask_logits.shape
+    _, height, width = mask_logits.shape
+    order = torch.arange(len(mask_logits)) if order is None else order
+    n = len(order)
     owner = torch.full((height, width), -1, dtype=torch.int64, device=mask_logits.device)
     kept = torch.zeros(n, dtype=torch.bool, device=mask_logits.device)
     for i in range(n):
         # The mask is 0 (sigmoid 0.5, not > 0.5) outside the box: only the box crop can change.
-        ys, xs = _box_slices(boxes[i], height, width)
-        mask = mask_logits[i, ys, xs] > 0
+        row = int(order[i])
+        ys, xs = _box_slices(boxes[row], height, width)
+        mask = mask_logits[row, ys, xs] > 0
         area = int(mask.sum())
         if area == 0:
             continue
@@ -95,7 +101,7 @@ def fuse_panoptic(
     candidates = torch.nonzero(scores >= score_thresh).flatten()
     order = candidates[torch.sort(scores[candidates], descending=True, stable=True).indices]
     # 2. Overlap filter on binary masks.
-    owner, kept = overlap_filter(mask_logits[order], boxes[order], overlap_thresh)
+    owner, kept = overlap_filter(mask_logits, boxes, overlap_thresh, order=order)
 
     # 3.-5. Fused logits of the owning instance against the best stuff logit, per pixel.
     instance_wins = torch.zeros(height, width, dtype=torch.bool, device=device)
@@ -109,7 +115,7 @@ def fuse_panoptic(
         if instance_weights is not None:
             w = instance_weights[detection]
             ml_a, ml_b = w[:, 0] * ml_a + w[:, 1], w[:, 2] * ml_b + w[:, 3]
-        best_stuff = sem_logits[stuff_channels][:, ys, xs].max(dim=0).values
+        best_stuff = sem_logits[:, ys, xs][stuff_channels].max(dim=0).values
         # Stuff channels come first in the stack: argmax gives ties to stuff.
         instance_wins[ys, xs] = fused_instance_logits(ml_a, ml_b) > best_stuff
     owner = torch.where(instance_wins, owner, torch.full_like(owner, -1))
