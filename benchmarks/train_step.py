@@ -6,6 +6,8 @@
 Seconds per training iteration (forward, backward, SGD step) at batch 1 with a crop of --size,
 and the peak RSS of the process, for both models with random weights, 19 classes, the same
 synthetic targets (stuff regions and 6 instances). Each model runs in its own child process.
+EfficientPS runs twice: with BatchNorm + LeakyReLU, and with in-place activated BN (iABN, the
+paper's and our default, MODEL.EFFICIENTPS.INPLACE_ABN), which gives the same function.
 """
 
 import argparse
@@ -47,9 +49,17 @@ def batch(height, width, semantic_classes, thing_offset):
              "instances": instances, "height": height, "width": width}]  # fmt: skip
 
 
+MODELS = {
+    "panoptic_fpn": "Panoptic FPN R50",
+    "efficientps_bn": "EfficientPS-b5, BN + LeakyReLU",
+    "efficientps_iabn": "EfficientPS-b5, iABN (default)",
+}
+
+
 def worker(kind, height, width, runs):
-    if kind == "efficientps":
-        model = build(efficientps_cfg())
+    if kind.startswith("efficientps"):
+        inplace_abn = str(kind == "efficientps_iabn")
+        model = build(efficientps_cfg(opts=["MODEL.EFFICIENTPS.INPLACE_ABN", inplace_abn]))
         inputs = batch(height, width, 19, thing_offset=11)
     else:
         cfg = panoptic_fpn_r50_cfg()
@@ -84,19 +94,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="512x1024", help="HxW crop")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--worker", choices=["efficientps", "panoptic_fpn"])
+    parser.add_argument("--worker", choices=list(MODELS))
     args = parser.parse_args(argv)
     height, width = map(int, args.size.split("x"))
     if args.worker:
         print(json.dumps(worker(args.worker, height, width, args.runs)))
         return
     print(f"Training-step benchmark on: {machine_line()}")
-    baseline = run_child("panoptic_fpn", args.size, args.runs)
-    ours = run_child("efficientps", args.size, args.runs)
+    results = {kind: run_child(kind, args.size, args.runs) for kind in MODELS}
+    baseline = results["panoptic_fpn"]
     rows = [
-        (name, f"{r['seconds']:.2f}", f"{r['seconds'] / baseline['seconds']:.2f}",
+        (MODELS[kind], f"{r['seconds']:.2f}", f"{r['seconds'] / baseline['seconds']:.2f}",
          f"{r['peak_rss_mb']:.0f}", f"{r['peak_rss_mb'] / baseline['peak_rss_mb']:.2f}")
-        for name, r in (("Panoptic FPN R50", baseline), ("EfficientPS-b5", ours))
+        for kind, r in results.items()
     ]  # fmt: skip
     print_table(
         f"CPU training step, batch 1, crop {args.size}, median of {args.runs} after a warm-up",

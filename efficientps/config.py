@@ -100,6 +100,10 @@ def _add_model_config(cfg):
     # ROIAlign of the ROI heads through one embedding_bag on CPU (same numbers as torchvision's
     # kernel, ~7x faster backward); torchvision's kernel on GPU either way.
     cfg.MODEL.EFFICIENTPS.FAST_CPU_ROI_ALIGN = True
+    # In-place activated BN (the paper's iABN): every conv's BN + LeakyReLU keeps only its output
+    # for backward (same function, parameters and checkpoints; less training memory). BN,
+    # SyncBN and naiveSyncBN norms become iABN / iABN-sync.
+    cfg.MODEL.EFFICIENTPS.INPLACE_ABN = True
 
 
 def _add_input_config(cfg):

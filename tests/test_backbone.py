@@ -199,6 +199,38 @@ def test_folded_batchnorm_gives_the_same_outputs():
         torch.testing.assert_close(got[level], expected[level], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("size", [(160, 224), (67, 91)])
+@pytest.mark.parametrize("fold", [False, True])
+def test_inference_padding_before_expansion_gives_the_same_outputs(size, fold, monkeypatch):
+    # Stride-2 blocks pad their narrow input, expand, and clear the border at inference; the
+    # reference pads the expanded tensor (the training path).
+    backbone = build_backbone(backbone_cfg()).bottom_up
+    with torch.no_grad():
+        backbone.train()(torch.rand(2, 3, 96, 128) * 3)  # BN statistics away from identity
+    backbone.eval()
+    if fold:
+        fold_batchnorm(backbone)
+    image = torch.rand(1, 3, *size)
+    strided = [b for b in backbone.modules() if hasattr(b, "_expand_padded")]
+    assert sum(b.depthwise.stride[0] > 1 for b in strided) == 4
+    calls = []
+    block_type = type(strided[0])
+    original = block_type._expand_padded
+
+    def counted(block, x):
+        calls.append(1)
+        return original(block, x)
+
+    monkeypatch.setattr(block_type, "_expand_padded", counted)
+    with torch.no_grad():
+        got = backbone(image)
+        monkeypatch.setattr(block_type, "_pad_before_expand", lambda block: False)
+        expected = backbone(image)
+    assert len(calls) == 4
+    for tap in expected:
+        torch.testing.assert_close(got[tap], expected[tap], atol=1e-5, rtol=1e-5)
+
+
 def drop_in_cfg(meta_architecture, backbone_name):
     cfg = stock_mask_rcnn_cfg()
     cfg.MODEL.META_ARCHITECTURE = meta_architecture

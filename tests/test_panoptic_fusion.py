@@ -3,7 +3,12 @@
 import torch
 from torch.nn import functional as F
 
-from efficientps.modeling.meta_arch import fuse_panoptic, fused_instance_logits, paste_mask_logits
+from efficientps.modeling.meta_arch import (
+    BoxMaskLogits,
+    fuse_panoptic,
+    fused_instance_logits,
+    paste_mask_logits,
+)
 
 H, W = 8, 10
 # Three classes: channel 0 "road" (stuff), channel 1 "sky" (stuff), channel 2 "car" (thing 0).
@@ -189,3 +194,41 @@ def test_paste_matches_grid_sample():
         torch.testing.assert_close(pasted[i], expected, atol=1e-5, rtol=1e-5)
     assert pasted[0, 40:, :].abs().max() == 0  # zero outside the box
     assert paste_mask_logits(torch.zeros(0, 28, 28), torch.zeros(0, 4), 5, 6).shape == (0, 5, 6)
+
+
+def random_detections(count, height, width, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(count, 28, 28, generator=generator) * 3
+    corners = torch.rand(count, 2, 2, generator=generator) * torch.tensor([width, height])
+    boxes = torch.cat([corners.min(1).values, corners.max(1).values + 4], dim=1)
+    boxes[-1] = torch.tensor([0.0, 0.0, width, height])  # one box over the whole image
+    return logits, boxes
+
+
+def test_box_mask_logits_gives_the_pasted_values_on_demand():
+    logits, boxes = random_detections(6, 37, 53)
+    dense = paste_mask_logits(logits, boxes, 37, 53)
+    lazy = BoxMaskLogits(logits[:, None], boxes, 37, 53)
+    assert lazy.shape == (6, 37, 53) and len(lazy) == 6
+    torch.testing.assert_close(lazy.dense(), dense)
+    for row in range(6):
+        ys, xs = slice(row, 30), slice(2 * row, 53)
+        torch.testing.assert_close(lazy.crop(row, ys, xs), dense[row, ys, xs], atol=1e-5, rtol=0)
+    rows = torch.randint(0, 6, (500,))
+    ys, xs = torch.randint(0, 37, (500,)), torch.randint(0, 53, (500,))
+    torch.testing.assert_close(lazy.at(rows, ys, xs), dense[rows, ys, xs], atol=1e-5, rtol=0)
+
+
+def test_fusion_on_box_mask_logits_equals_fusion_on_pasted_maps():
+    height, width = 48, 64
+    logits, boxes = random_detections(12, height, width, seed=3)
+    sem = torch.randn(5, height, width, generator=torch.Generator().manual_seed(4)) * 2
+    classes = torch.arange(12) % 2
+    scores = torch.linspace(0.95, 0.4, 12)
+    kw = dict(stuff_channels=[0, 1, 2], thing_channels=[3, 4], stuff_area=0, overlap_thresh=0.3)
+    dense = paste_mask_logits(logits, boxes, height, width)
+    expected = fuse_panoptic(sem, dense, boxes, classes, scores, **kw)
+    lazy = BoxMaskLogits(logits, boxes, height, width)
+    actual = fuse_panoptic(sem, lazy, boxes, classes, scores, **kw)
+    assert sum(s["isthing"] for s in expected[1]) >= 3  # the instances do compete
+    assert torch.equal(actual[0], expected[0]) and actual[1] == expected[1]

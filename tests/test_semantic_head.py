@@ -139,3 +139,20 @@ def test_hard_pixel_loss_ranks_per_image_and_handles_all_ignored():
     empty.backward()  # still differentiable: DDP needs every parameter in the graph
     with pytest.raises(ValueError, match="fraction"):
         hard_pixel_cross_entropy(logits, targets, fraction=0.0)
+
+
+@pytest.mark.parametrize("size", [(256, 512), (224, 288), (200, 330)])
+def test_classifier_without_the_concat_equals_the_concat_classifier(size):
+    # The paper's head: cat([l4, up(l8), up(d16), up(d32)]) (512 ch at 1/4) -> 1x1 classifier.
+    head = build_head(19).eval()
+    torch.nn.init.normal_(head.predictor.bias)
+    levels = [torch.randn(1, 128, -(-size[0] // s), -(-size[1] // s)) for s in (4, 8, 16, 32)]
+    target = levels[0].shape[-2:]
+    upsampled = [levels[0]] + [
+        F.interpolate(x, size=target, mode="bilinear", align_corners=False) for x in levels[1:]
+    ]
+    with torch.no_grad():
+        expected = head.predictor(torch.cat(upsampled, dim=1))
+        actual = head._predict_concat(levels)
+    assert actual.shape == expected.shape
+    assert torch.allclose(actual, expected, atol=1e-5, rtol=0)

@@ -1,7 +1,8 @@
 """Building blocks shared by the backbone, the 2-way FPN and the heads.
 
-The paper normalises with in-place activated BN (iABN: BN followed by LeakyReLU(0.01)); here that
-is a detectron2 ``Conv2d`` with ``norm`` and ``activation``, which is mathematically the same.
+The paper normalises with in-place activated BN (iABN: BN followed by LeakyReLU(0.01)); layers are
+built as a detectron2 ``Conv2d`` with ``norm`` and ``activation`` (mathematically the same), and
+``inplace_abn.convert_to_inplace_abn`` swaps in the memory-saving iABN for training.
 """
 
 import math
@@ -120,11 +121,16 @@ class SamePadConv2d(Conv2d):
 
     def forward(self, x):
         if self.stride[0] > 1:
-            x = F.pad(x, _same_pad(x.shape[-2:], self.kernel_size[0], self.stride[0]))
+            x = F.pad(x, same_pad(x.shape[-2:], self.kernel_size[0], self.stride[0]))
+        return super().forward(x)
+
+    def forward_padded(self, x):
+        """The conv (+ norm + activation) on an input that already carries its 'SAME' padding."""
         return super().forward(x)
 
 
-def _same_pad(size, kernel_size, stride):
+def same_pad(size, kernel_size, stride):
+    """F.pad arguments (left, right, top, bottom) of TF 'SAME' padding for ``size`` (H, W)."""
     pads = []
     for length in reversed(size):  # F.pad wants (left, right, top, bottom)
         total = max((math.ceil(length / stride) - 1) * stride + kernel_size - length, 0)
@@ -159,5 +165,7 @@ def fold_batchnorm(module):
         conv.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
         conv.bias = nn.Parameter((bias - mean) * scale + beta)
         conv.norm = None
+        if hasattr(norm, "activation_module"):  # InPlaceABN carries the conv's activation
+            conv.activation = norm.activation_module()
         folded += 1
     return folded

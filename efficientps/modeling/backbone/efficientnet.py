@@ -14,8 +14,9 @@ from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from efficientnet_pytorch.utils import get_model_params, round_filters, round_repeats
 from torch import nn
+from torch.nn import functional as F
 
-from ..layers import SamePadConv2d, build_activation, build_norm
+from ..layers import SamePadConv2d, build_activation, build_norm, same_pad
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +82,12 @@ class MBConvBlock(nn.Module):
         self.drop_connect_rate = drop_connect_rate
 
     def forward(self, x):
-        out = x if self.expand is None else self.expand(x)
-        out = self.depthwise(out)
+        if self.expand is None:
+            out = self.depthwise(x)
+        elif self.depthwise.stride[0] > 1 and self._pad_before_expand():
+            out = self._expand_padded(x)
+        else:
+            out = self.depthwise(self.expand(x))
         if self.se is not None:
             out = self.se(out)
         out = self.project(out)
@@ -94,6 +99,31 @@ class MBConvBlock(nn.Module):
             mask = torch.empty(out.shape[0], 1, 1, 1, device=out.device, dtype=out.dtype)
             out = out * mask.bernoulli_(keep) / keep
         return out + x
+
+    def _pad_before_expand(self):
+        # Per-pixel norms only (eval BN, FrozenBN, folded): the padded border must not change
+        # batch or group statistics.
+        norm = self.expand.norm
+        return not self.training and not isinstance(norm, (nn.GroupNorm, nn.SyncBatchNorm))
+
+    def _expand_padded(self, x):
+        """expand -> stride-2 depthwise, with TF 'SAME' padding done on the narrow input.
+
+        Padding the expanded tensor (6x the channels, e.g. 144 x 512 x 1024 floats = 300 MB in
+        b5 at 1024x2048) would copy it; instead the 1x1 expansion runs on the padded input and
+        its border, where the depthwise conv must see F.pad's zeros, is cleared in place.
+        Inference only (the border would enter training BatchNorm's statistics).
+        """
+        left, right, top, bottom = same_pad(
+            x.shape[-2:], self.depthwise.kernel_size[0], self.depthwise.stride[0]
+        )
+        out = self.expand(F.pad(x, (left, right, top, bottom)))
+        height, width = out.shape[-2:]
+        out[..., :top, :] = 0
+        out[..., height - bottom :, :] = 0
+        out[..., :, :left] = 0
+        out[..., :, width - right :] = 0
+        return self.depthwise.forward_padded(out)
 
 
 def efficientnet_block_args(name):

@@ -76,23 +76,32 @@ class TwoWayFPN(Backbone):
     def forward(self, x):
         features = self.bottom_up(x)
         inputs = [features[f] for f in self.in_features]
-
-        top_down = [None] * len(inputs)
+        del features
+        # Memory: the finest level's maps are the largest tensors of the model (256 channels at
+        # 1/4), so each is released as soon as it has been used and sums are taken in place
+        # into freshly resized copies (nearest resizing and addition need no saved outputs in
+        # backward, so this is autograd-safe). a + b == b + a in floating point: the results
+        # are the same as with out-of-place sums.
+        n = len(inputs)
+        top_down = [None] * n
         top_down[-1] = self.lateral_top_down[-1](inputs[-1])
-        for i in range(len(inputs) - 2, -1, -1):
+        for i in range(n - 2, -1, -1):
             coarser = F.interpolate(top_down[i + 1], size=inputs[i].shape[-2:], mode="nearest")
-            top_down[i] = self.lateral_top_down[i](inputs[i]) + coarser
+            top_down[i] = coarser.add_(self.lateral_top_down[i](inputs[i]))
 
         outputs = []
-        bottom_up = None
-        for i, feature in enumerate(inputs):
-            lateral = self.lateral_bottom_up[i](feature)
-            if bottom_up is not None:
-                lateral = lateral + F.interpolate(
-                    bottom_up, size=feature.shape[-2:], mode="nearest"
-                )
-            bottom_up = lateral
-            outputs.append(self.output_convs[i](top_down[i] + bottom_up))
+        carry = None  # the bottom-up path so far, resized to the current level
+        for i in range(n):
+            bottom_up = self.lateral_bottom_up[i](inputs[i])
+            if carry is not None:
+                bottom_up = carry.add_(bottom_up)
+            carry = None
+            if i + 1 < n:
+                carry = F.interpolate(bottom_up, size=inputs[i + 1].shape[-2:], mode="nearest")
+            summed = [top_down[i] + bottom_up]
+            top_down[i] = bottom_up = None
+            # Popped from a list so the output conv holds the only reference to the sum.
+            outputs.append(self.output_convs[i](summed.pop()))
 
         if self.top_block is not None:
             outputs.extend(self.top_block(outputs[-1]))

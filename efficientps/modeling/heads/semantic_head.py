@@ -172,9 +172,23 @@ class EfficientPSSemSegHead(nn.Module):
         m8 = self.mc_16_to_8(d16 + _resize(d32, d16.shape[-2:]), p8.shape[-2:])
         l8 = self.lsfe_8(p8) + m8
         l4 = self.lsfe_4(p4) + self.mc_8_to_4(l8, p4.shape[-2:])
-        size = l4.shape[-2:]
-        fused = torch.cat([l4, _resize(l8, size), _resize(d16, size), _resize(d32, size)], dim=1)
-        return self.predictor(fused)
+        return self._predict_concat([l4, l8, d16, d32])
+
+    def _predict_concat(self, levels):
+        """The 1x1 classifier over cat([l4, up(l8), up(d16), up(d32)]), without the concat.
+
+        A 1x1 conv over a channel concat is the sum of 1x1 convs over the parts, and bilinear
+        resizing (weights summing to 1) commutes with a 1x1 conv, so each coarse level is
+        classified first and its 19-channel logits are resized, not its 128 channels: the same
+        function (and the same parameters) without the 4x128-channel tensor at 1/4 resolution.
+        """
+        weight, bias = self.predictor.weight, self.predictor.bias
+        parts = weight.split([x.shape[1] for x in levels], dim=1)
+        size = levels[0].shape[-2:]
+        logits = F.conv2d(levels[0], parts[0], bias)
+        for x, part in zip(levels[1:], parts[1:]):
+            logits = logits + _resize(F.conv2d(x, part), size)
+        return logits
 
     def forward(self, features, targets=None):
         logits = self.layers(features)

@@ -2,11 +2,12 @@
 
 from .efficientps import EfficientPS
 from .learned_fusion import LearnedPanopticFusion
-from .mask_paste import paste_mask_logits
+from .mask_paste import BoxMaskLogits, paste_mask_logits
 from .panoptic_fusion import fuse_panoptic, fused_instance_logits, overlap_filter
 from .tta import EfficientPSWithTTA
 
 __all__ = [
+    "BoxMaskLogits",
     "EfficientPS",
     "EfficientPSWithTTA",
     "LearnedPanopticFusion",

@@ -19,9 +19,10 @@ from torch.nn import functional as F
 
 from ...class_tables import PanopticClassTables
 from ..heads.instance_head import select_class_mask_logits
+from ..inplace_abn import convert_to_inplace_abn
 from ..layers import fold_batchnorm
 from .learned_fusion import LearnedPanopticFusion
-from .mask_paste import paste_mask_logits
+from .mask_paste import BoxMaskLogits
 from .panoptic_fusion import fuse_panoptic
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class EfficientPS(nn.Module):
         fusion_mask_logit_scale=1.0,
         fusion_loss_weight=1.0,
         fusion_loss_scale=0.25,
+        inplace_abn=False,
     ):
         super().__init__()
         if fusion not in FUSIONS:
@@ -93,6 +95,9 @@ class EfficientPS(nn.Module):
         self.fusion_stuff_area = fusion_stuff_area
         self.fusion_stuff_area_reference = tuple(fusion_stuff_area_reference)
         self.fusion_mask_logit_scale = fusion_mask_logit_scale
+        if inplace_abn:
+            converted = convert_to_inplace_abn(self)
+            logger.info(f"In-place activated BN (iABN) in {converted} conv layers")
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -116,6 +121,7 @@ class EfficientPS(nn.Module):
             "fusion_mask_logit_scale": ecfg.FUSION_MASK_LOGIT_SCALE,
             "fusion_loss_weight": ecfg.FUSION_LOSS_WEIGHT,
             "fusion_loss_scale": ecfg.FUSION_LOSS_SCALE,
+            "inplace_abn": ecfg.INPLACE_ABN,
         }
         parameters = sum(
             p.numel() for m in model.values() if isinstance(m, nn.Module) for p in m.parameters()
@@ -218,9 +224,8 @@ class EfficientPS(nn.Module):
         height, width = sem_logits.shape[-2:]
         confident = detections.scores >= self.fusion_score_thresh
         kept = detections[confident]
-        mask_logits = paste_mask_logits(
-            kept.pred_mask_logits, kept.pred_boxes.tensor, height, width
-        )
+        # Pasted where the fusion reads them (box crops, owned pixels), never as (N, H, W) maps.
+        mask_logits = BoxMaskLogits(kept.pred_mask_logits, kept.pred_boxes.tensor, height, width)
         ref_h, ref_w = self.fusion_stuff_area_reference
         instance_weights = None
         if self.learned_fusion is not None:

@@ -7,6 +7,8 @@ explicit tables, never from a convention on ids.
 
 import torch
 
+from .mask_paste import BoxMaskLogits
+
 
 def fused_instance_logits(ml_a, ml_b):
     """FL = (sigmoid(ML_A) + sigmoid(ML_B)) * (ML_A + ML_B): agreement amplifies."""
@@ -20,6 +22,27 @@ def _box_slices(box, height, width):
     return ys, xs
 
 
+class _DenseMaskLogits:
+    """An (N, H, W) tensor behind the ``crop``/``at`` interface of ``BoxMaskLogits``."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+        self.shape = tuple(tensor.shape)
+
+    def __len__(self):
+        return len(self.tensor)
+
+    def crop(self, row, ys, xs):
+        return self.tensor[row, ys, xs]
+
+    def at(self, rows, ys, xs):
+        return self.tensor[rows, ys, xs]
+
+
+def _mask_source(mask_logits):
+    return mask_logits if isinstance(mask_logits, BoxMaskLogits) else _DenseMaskLogits(mask_logits)
+
+
 def overlap_filter(mask_logits, boxes, overlap_thresh, order=None):
     """Greedy overlap filter over detections sorted by confidence (highest first).
 
@@ -27,23 +50,26 @@ def overlap_filter(mask_logits, boxes, overlap_thresh, order=None):
     ``overlap_thresh`` of its pixels already taken is dropped; otherwise the taken pixels are
     removed from its mask and the rest become taken.
 
-    ``order`` (K,) visits ``mask_logits[order[k]]`` / ``boxes[order[k]]`` as instance k without
-    copying the (N, H, W) maps into that order; None is 0..N-1.
+    ``mask_logits``: (N, H, W) tensor or ``BoxMaskLogits``. ``order`` (K,) visits
+    ``mask_logits[order[k]]`` / ``boxes[order[k]]`` as instance k without copying the (N, H, W)
+    maps into that order; None is 0..N-1.
 
     Returns:
         owner: (H, W) int64 index k of the instance owning each pixel, -1 for none.
         kept: (K,) bool.
     """
-    _, height, width = mask_logits.shape
-    order = torch.arange(len(mask_logits)) if order is None else order
+    source = _mask_source(mask_logits)
+    _, height, width = source.shape
+    device = boxes.device
+    order = torch.arange(len(source), device=device) if order is None else order
     n = len(order)
-    owner = torch.full((height, width), -1, dtype=torch.int64, device=mask_logits.device)
-    kept = torch.zeros(n, dtype=torch.bool, device=mask_logits.device)
+    owner = torch.full((height, width), -1, dtype=torch.int64, device=device)
+    kept = torch.zeros(n, dtype=torch.bool, device=device)
     for i in range(n):
         # The mask is 0 (sigmoid 0.5, not > 0.5) outside the box: only the box crop can change.
         row = int(order[i])
         ys, xs = _box_slices(boxes[row], height, width)
-        mask = mask_logits[row, ys, xs] > 0
+        mask = source.crop(row, ys, xs) > 0
         area = int(mask.sum())
         if area == 0:
             continue
@@ -75,7 +101,8 @@ def fuse_panoptic(
 
     Args:
         sem_logits: (C, H, W) semantic logits over all classes.
-        mask_logits: (N, H, W) full-image mask logits of the detections, 0 outside their box.
+        mask_logits: (N, H, W) full-image mask logits of the detections, 0 outside their box,
+            or a ``BoxMaskLogits`` giving the same values without materialising them.
         boxes: (N, 4) boxes (x0, y0, x1, y1) in pixels. classes: (N,) thing indices.
         scores: (N,) confidences.
         stuff_channels / thing_channels: semantic channel of stuff class k / thing class j.
@@ -109,13 +136,15 @@ def fuse_panoptic(
     if covered.any():
         detection = order[owner[covered]]
         ys, xs = torch.nonzero(covered, as_tuple=True)
-        ml_a = mask_logits[detection, ys, xs] * mask_logit_scale
+        ml_a = _mask_source(mask_logits).at(detection, ys, xs) * mask_logit_scale
         # ML_B is the class's semantic channel inside the box; owned pixels are in the box.
         ml_b = sem_logits[thing_channels[classes[detection]], ys, xs]
         if instance_weights is not None:
             w = instance_weights[detection]
             ml_a, ml_b = w[:, 0] * ml_a + w[:, 1], w[:, 2] * ml_b + w[:, 3]
-        best_stuff = sem_logits[:, ys, xs][stuff_channels].max(dim=0).values
+        best_stuff = torch.full_like(ml_b, float("-inf"))
+        for channel in stuff_channels.tolist():  # a running max: no (stuff, pixels) copy
+            torch.maximum(best_stuff, sem_logits[channel, ys, xs], out=best_stuff)
         # Stuff channels come first in the stack: argmax gives ties to stuff.
         instance_wins[ys, xs] = fused_instance_logits(ml_a, ml_b) > best_stuff
     owner = torch.where(instance_wins, owner, torch.full_like(owner, -1))
