@@ -143,7 +143,10 @@ def save_outputs(output, image_bgr, metadata, out_prefix):
 
 
 def visualize_panoptic(image_rgb, panoptic, segments, metadata):
-    """detectron2's Visualizer: it looks thing ids up in thing_classes, stuff in stuff_classes."""
+    """detectron2's Visualizer: it looks thing ids up in thing_classes, stuff in stuff_classes.
+
+    ``panoptic``: (H, W) segment ids, a tensor or array of any integer type.
+    """
     tables = PanopticClassTables.from_metadata(metadata)
     # Our registrations (like detectron2's Cityscapes one) list every class in thing_classes;
     # a metadata listing only the things needs the thing index instead of the channel.
@@ -157,6 +160,9 @@ def visualize_panoptic(image_rgb, panoptic, segments, metadata):
         if "score" in s:
             entry["score"] = s["score"]
         info.append(entry)
+    # The Visualizer sorts ids with torch.unique, which has no kernel for the uint32 ids that
+    # read_panoptic_png returns.
+    panoptic = torch.as_tensor(np.asarray(panoptic).astype(np.int64))
     visualizer = Visualizer(image_rgb, metadata, scale=1.0, instance_mode=ColorMode.IMAGE)
     return visualizer.draw_panoptic_seg(panoptic, info, alpha=0.5).get_image()
 

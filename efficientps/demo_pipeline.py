@@ -78,23 +78,22 @@ def visualise(output_dir, dataset_root, config=DEMO_CONFIG, num_images=4):
     return sorted(glob.glob(os.path.join(vis_dir, "*_vis.png")))
 
 
-def overview_sheet(output_dir, vis_paths, scale=2):
+def overview_sheet(output_dir, vis_paths, scale=2, dataset_name="synthetic_panoptic_val"):
     """One PNG to look at: per row the ground truth and the prediction of a val image."""
     import cv2
     import numpy as np
-    import torch
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from .demo import visualize_panoptic
     from .evaluation import read_panoptic_png
 
-    metadata = MetadataCatalog.get("synthetic_panoptic_val")
+    metadata = MetadataCatalog.get(dataset_name)
     records = {os.path.basename(r["file_name"]): r for r in DatasetCatalog.get(metadata.name)}
     rows = []
     for vis_path in vis_paths:
         record = records[os.path.basename(vis_path).replace("_vis.png", ".png")]
         image = cv2.imread(record["file_name"])[:, :, ::-1]
-        ids = torch.as_tensor(read_panoptic_png(record["pan_seg_file_name"]))
+        ids = read_panoptic_png(record["pan_seg_file_name"])
         segments = [
             {"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
             for s in record["segments_info"]

@@ -15,6 +15,7 @@ from efficientps.data import synthetic
 from efficientps.data.datasets import register_synthetic_panoptic
 from efficientps.demo import UnreadableInputError
 from efficientps.demo import main as demo_main
+from efficientps.demo_pipeline import overview_sheet
 from efficientps.evaluation import read_panoptic_png
 
 from .helpers import CONFIGS
@@ -83,6 +84,22 @@ def test_demo_writes_png_json_and_visualisation_per_image(trained_files, tmp_pat
         assert any(s["isthing"] for s in segments)
         vis = cv2.imread(f"{stem}_vis.png")
         assert vis.shape == (64, 128, 3)
+
+
+def test_overview_sheet_puts_ground_truth_next_to_predictions(trained_files, tmp_path):
+    root, images, opts = trained_files
+    demo_main(["--config-file", DEMO_CONFIG, "--input", *map(str, images[:2]),
+               "--output", str(tmp_path), "--opts", *opts])  # fmt: skip
+    name = opts[opts.index("DATASETS.TEST") + 1].strip("(',)")
+    vis_paths = [str(tmp_path / f"{image.stem}_vis.png") for image in images[:2]]
+    (tmp_path / "visualisations").mkdir()
+    path = overview_sheet(str(tmp_path), vis_paths, scale=1, dataset_name=name)
+    sheet = cv2.imread(path)
+    # A header, then per image a 4-pixel gap below: ground truth | 4 px | prediction.
+    assert sheet.shape == (28 + 2 * (64 + 4), 128 + 4 + 128, 3)
+    truth = sheet[28 : 28 + 64, :128].astype(int)
+    image = cv2.imread(str(images[0])).astype(int)
+    assert np.abs(truth - image).mean() > 5  # the ground-truth segments are drawn over the image
 
 
 def test_demo_reads_videos_frame_by_frame(trained_files, tmp_path):
