@@ -17,6 +17,7 @@ setup(
         "numpy",
         "Pillow",
         "opencv-python-headless",
+        "imagecodecs",  # fast PNG decoding for the PQ evaluator (OpenCV is the fallback)
         "efficientnet-pytorch>=0.7.1",
         "pycocotools",
         "fvcore",

@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 
@@ -186,3 +187,48 @@ def test_cli_names_missing_files(gt_and_predictions, tmp_path):
     with pytest.raises(SystemExit, match="no such json file"):
         cli_main(["--gt-json", str(tmp_path / "nope.json"), "--gt-dir", gt_dir,
                   "--pred-json", pred_json, "--pred-dir", pred_dir])  # fmt: skip
+
+
+@pytest.mark.parametrize("fast_decoder", [True, False])
+def test_panoptic_png_ids_from_rgb_and_rgba_files(tmp_path, monkeypatch, fast_decoder):
+    from efficientps.evaluation import panoptic_evaluator
+
+    if not fast_decoder:
+        monkeypatch.setattr(panoptic_evaluator, "imagecodecs", None)
+    else:
+        assert panoptic_evaluator.imagecodecs is not None  # installed by make install
+    ids = np.random.default_rng(0).integers(0, 2**24, (37, 53))
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "rgb.png"), rgb[..., ::-1])
+    rgba = np.concatenate([rgb, np.full((37, 53, 1), 255, np.uint8)], axis=-1)
+    cv2.imwrite(str(tmp_path / "rgba.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    for name in ("rgb.png", "rgba.png"):
+        decoded = read_panoptic_png(str(tmp_path / name))
+        assert decoded.dtype == np.uint32 and np.array_equal(decoded, ids)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(PanopticFormatError, match="broken.png"):
+        read_panoptic_png(str(tmp_path / "broken.png"))
+
+
+@pytest.mark.parametrize(
+    "segments, high_ids", [(40, False), (300, False), (40, True)], ids=["fast", "many", "big-ids"]
+)
+def test_pair_counts_match_a_brute_force_count(segments, high_ids):
+    from efficientps.evaluation.panoptic_quality import UNLISTED, intersections
+
+    rng = np.random.default_rng(segments)
+    offset = 2**30 if high_ids else 0  # beyond PNG ids: the sorting path
+    gt_ids = rng.integers(0, segments, (60, 80)) + offset
+    pred_ids = rng.integers(0, segments, (60, 80)) + offset
+    gt_ids[:5] = pred_ids[:, :3] = 0  # void
+    gt_listed = np.unique(gt_ids)[1:-3]  # a few ids are not listed
+    pred_listed = np.unique(pred_ids)[1:]
+    gi, pi, counts = intersections(gt_ids, pred_ids, gt_listed, pred_listed)
+
+    def labelled(ids, listed):
+        return np.where(np.isin(ids, listed) | (ids == 0), ids, UNLISTED)
+
+    pairs = np.stack([labelled(gt_ids, gt_listed).ravel(), labelled(pred_ids, pred_listed).ravel()])
+    expected, expected_counts = np.unique(pairs, axis=1, return_counts=True)
+    got = sorted(zip(gi.tolist(), pi.tolist(), counts.tolist()))
+    assert got == sorted(zip(*expected.tolist(), expected_counts.tolist()))

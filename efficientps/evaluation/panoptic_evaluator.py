@@ -19,21 +19,47 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
+try:
+    import imagecodecs
+except ImportError:  # optional: OpenCV decodes the PNGs, about 2x slower
+    imagecodecs = None
+
 from ..class_tables import PanopticClassTables
 from .panoptic_quality import PanopticFormatError, PQAccumulator, format_table
 
 logger = logging.getLogger(__name__)
 
 
+def _decode_rgba(path):
+    """(H, W, 4) uint8 RGBA of an 8-bit RGB(A) PNG, or None when the fast path does not apply.
+
+    imagecodecs' libpng decoder is about 2x faster than OpenCV's here, and it releases the GIL
+    so that two decoding threads overlap the PQ arithmetic: PQ evaluation is PNG-decode bound.
+    """
+    if imagecodecs is None:
+        return None
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        image = imagecodecs.png_decode(data)
+    except Exception:  # not a PNG imagecodecs reads: OpenCV decides, and names the error
+        return None
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
+        return None  # grey, palette or 16-bit: rare, OpenCV's conversion rules apply
+    return image if image.shape[2] == 4 else cv2.cvtColor(image, cv2.COLOR_RGB2RGBA)
+
+
 def read_panoptic_png(path):
     """(H, W) uint32 segment ids of a COCO-panoptic RGB PNG (id = R + 256 G + 256^2 B)."""
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise PanopticFormatError(f"cannot read panoptic PNG {path}")
+    rgba = _decode_rgba(path)
+    if rgba is None:
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise PanopticFormatError(f"cannot read panoptic PNG {path}")
+        rgba = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGBA)
     # RGBA bytes read as one little-endian uint32 are R + 256 G + 256^2 B + 256^3 A: ten times
     # faster than int64 arithmetic on the three channels.
-    rgba = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGBA)
-    return rgba.view(np.uint32)[..., 0] & np.uint32(0xFFFFFF)
+    return np.ascontiguousarray(rgba).view(np.uint32)[..., 0] & np.uint32(0xFFFFFF)
 
 
 def write_panoptic_png(path, ids):

@@ -10,12 +10,16 @@ Class averages run over classes with at least one TP, FP or FN.
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 VOID = 0
 # PNG ids are 24-bit (R + 256 G + 256^2 B): a lookup table over that range maps them to a few
-# compact labels in one gather, with no sort over the image's pixels.
+# compact labels in one gather, with no sort over the image's pixels. The table is uint8 (label
+# 0 = not listed), so an image with up to 254 listed segments takes the fast path; the gather
+# and the pair histogram run in torch, whose kernels use every core (NumPy's are one thread).
 ID_RANGE = 1 << 24
 UNLISTED = -1  # any id that the segments do not list (reported or ignored by the caller)
+MAX_FAST_LABELS = 254
 _lookup = None
 
 
@@ -26,31 +30,45 @@ class PanopticFormatError(ValueError):
 def _lookup_table():
     global _lookup
     if _lookup is None:
-        _lookup = np.full(ID_RANGE, -1, np.int32)
+        _lookup = torch.zeros(ID_RANGE, dtype=torch.uint8)
     return _lookup
+
+
+def _in_png_range(flat):
+    if flat.size == 0:
+        return True
+    if flat.dtype.kind == "u":
+        return int(flat.max()) < ID_RANGE
+    return int(flat.min()) >= 0 and int(flat.max()) < ID_RANGE
 
 
 def compact_labels(ids, listed):
     """(labels, compact) with ``labels[compact] == ids`` for listed ids and VOID, UNLISTED else.
 
-    ``labels`` is sorted VOID + ``listed`` ids followed by UNLISTED; ``compact`` is int32 per pixel.
+    ``labels`` is UNLISTED followed by the sorted VOID + ``listed`` ids; ``compact`` is a 1-D
+    integer torch tensor over the pixels (uint8 on the fast path, int64 otherwise).
     """
     labels = np.union1d(np.asarray(listed, np.int64), [VOID])
-    flat = ids.ravel()
-    if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= ID_RANGE or labels[-1] >= ID_RANGE):
-        unique, inverse = np.unique(flat, return_inverse=True)  # out of PNG range: sort instead
-        position = np.searchsorted(labels, unique).clip(max=len(labels) - 1)
-        known = labels[position] == unique
-        compact = np.where(known, position, len(labels))[inverse].astype(np.int32)
-        return np.append(labels, UNLISTED), compact
-    table = _lookup_table()
-    table[labels] = np.arange(len(labels), dtype=np.int32)
-    try:
-        compact = table[flat]
-    finally:
-        table[labels] = -1
-    compact[compact < 0] = len(labels)
-    return np.append(labels, UNLISTED), compact
+    flat = np.ascontiguousarray(ids).ravel()
+    all_labels = np.concatenate([[UNLISTED], labels])
+    if len(labels) <= MAX_FAST_LABELS and labels[-1] < ID_RANGE and _in_png_range(flat):
+        if flat.dtype not in (np.uint32, np.int32):
+            flat = flat.astype(np.int32)
+        pixels = torch.from_numpy(flat.view(np.int32))  # < 2^24: the same values
+        table = _lookup_table()
+        rows = torch.from_numpy(labels)
+        table[rows] = torch.arange(1, len(labels) + 1, dtype=torch.uint8)
+        try:
+            compact = table.index_select(0, pixels)
+        finally:
+            table[rows] = 0
+        return all_labels, compact
+    # Ids outside the PNG range or many segments: sort instead.
+    unique, inverse = np.unique(flat, return_inverse=True)
+    position = np.searchsorted(labels, unique).clip(max=len(labels) - 1)
+    known = labels[position] == unique
+    compact = np.where(known, position + 1, 0)[inverse.ravel()]
+    return all_labels, torch.from_numpy(compact.astype(np.int64))
 
 
 def intersections(gt_ids, pred_ids, gt_listed=(), pred_listed=()):
@@ -61,7 +79,10 @@ def intersections(gt_ids, pred_ids, gt_listed=(), pred_listed=()):
     gt_labels, gt = compact_labels(gt_ids, gt_listed)
     pred_labels, pred = compact_labels(pred_ids, pred_listed)
     stride = len(pred_labels)
-    counts = np.bincount(gt * stride + pred, minlength=len(gt_labels) * stride)
+    small = gt.dtype == pred.dtype == torch.uint8 and len(gt_labels) * stride < 2**31
+    pairs = gt.to(torch.int32 if small else torch.int64) * stride
+    pairs += pred
+    counts = torch.bincount(pairs, minlength=len(gt_labels) * stride).numpy()
     joint = np.flatnonzero(counts)
     return gt_labels[joint // stride], pred_labels[joint % stride], counts[joint]
 
