@@ -232,3 +232,14 @@ def test_fusion_on_box_mask_logits_equals_fusion_on_pasted_maps():
     actual = fuse_panoptic(sem, lazy, boxes, classes, scores, **kw)
     assert sum(s["isthing"] for s in expected[1]) >= 3  # the instances do compete
     assert torch.equal(actual[0], expected[0]) and actual[1] == expected[1]
+
+
+def test_channel_argmax_equals_argmax_with_ties_to_the_first_channel():
+    from efficientps.modeling.meta_arch.panoptic_fusion import channel_argmax
+
+    logits = torch.randn(7, 31, 45, generator=torch.Generator().manual_seed(5))
+    logits[3, :10] = logits[1, :10] = logits[:, :10].max(dim=0).values + 1  # ties: 1 wins
+    logits[:, 20] = 0.0  # all equal: channel 0
+    assert torch.equal(channel_argmax(logits), logits.argmax(dim=0))
+    assert (channel_argmax(logits)[:10] == 1).all() and (channel_argmax(logits)[20] == 0).all()
+    assert torch.equal(channel_argmax(logits[:1]), torch.zeros(31, 45, dtype=torch.int64))

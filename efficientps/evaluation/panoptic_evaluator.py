@@ -25,6 +25,7 @@ except ImportError:  # optional: OpenCV decodes the PNGs, about 2x slower
     imagecodecs = None
 
 from ..class_tables import PanopticClassTables
+from ..modeling.meta_arch.panoptic_fusion import channel_argmax
 from .panoptic_quality import PanopticFormatError, PQAccumulator, format_table
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class EfficientPSEvaluator(DatasetEvaluator):
             self.pq.add(gt_ids, gt_segments, pred_ids, pred_segments, image_name)
             gt_sem = self._semantic_gt(gt_ids, gt_segments)
             if "sem_seg" in output:
-                self._add_confusion(output["sem_seg"].argmax(dim=0).cpu().numpy(), gt_sem)
+                self._add_confusion(channel_argmax(output["sem_seg"].cpu()).numpy(), gt_sem)
             if self.compute_ap and "instances" in output:
                 self._add_instances(record, gt_ids, gt_segments, output["instances"])
             if self.output_dir:

@@ -10,6 +10,24 @@ import torch
 from .mask_paste import BoxMaskLogits
 
 
+def channel_argmax(logits):
+    """``logits.argmax(dim=0)`` for (C, H, W), ties to the first channel, ~4x faster on CPU.
+
+    torch's argmax over the outer dimension of a CPU tensor walks it with a stride of H * W
+    (640 ms for 19 x 1024 x 2048 here); a running maximum over the channels reads each one
+    contiguously (160 ms).
+    """
+    if logits.device.type != "cpu" or logits.shape[0] == 0:
+        return logits.argmax(dim=0)
+    best = logits[0].clone()
+    index = torch.zeros(logits.shape[1:], dtype=torch.int64, device=logits.device)
+    for channel in range(1, logits.shape[0]):
+        better = logits[channel] > best  # strict: ties keep the first channel, as argmax
+        torch.maximum(best, logits[channel], out=best)
+        index.masked_fill_(better, channel)
+    return index
+
+
 def fused_instance_logits(ml_a, ml_b):
     """FL = (sigmoid(ML_A) + sigmoid(ML_B)) * (ML_A + ML_B): agreement amplifies."""
     return (ml_a.sigmoid() + ml_b.sigmoid()) * (ml_a + ml_b)
@@ -150,7 +168,7 @@ def fuse_panoptic(
     owner = torch.where(instance_wins, owner, torch.full_like(owner, -1))
 
     # 6. Stuff from the semantic prediction where no instance won and the class is not a thing.
-    semantic = sem_logits.argmax(dim=0)
+    semantic = channel_argmax(sem_logits)
     stuff_map = torch.where(
         instance_wins | is_thing_channel[semantic], torch.full_like(semantic, -1), semantic
     )
