@@ -18,6 +18,7 @@ iABN-sync), on CPU (gloo) as on GPU.
 import torch
 import torch.distributed as dist
 from detectron2.layers import Conv2d, NaiveSyncBatchNorm
+from detectron2.utils import comm
 from torch import nn
 from torch.nn import functional as F
 
@@ -25,16 +26,12 @@ SMALL_WEIGHT = 1e-2
 _DIMS = (0, 2, 3)
 
 
-def _world_size():
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def _per_channel(t):
     return t.reshape(1, -1, 1, 1)
 
 
 def _synchronised(sync):
-    return sync and _world_size() > 1
+    return sync and comm.get_world_size() > 1
 
 
 def _batch_norm_act(x, weight, bias, running_mean, running_var, momentum, eps, slope, sync):

@@ -7,8 +7,6 @@ explicit tables, never from a convention on ids.
 
 import torch
 
-from .mask_paste import BoxMaskLogits
-
 
 def channel_argmax(logits):
     """``logits.argmax(dim=0)`` for (C, H, W), ties to the first channel, ~4x faster on CPU.
@@ -58,7 +56,8 @@ class _DenseMaskLogits:
 
 
 def _mask_source(mask_logits):
-    return mask_logits if isinstance(mask_logits, BoxMaskLogits) else _DenseMaskLogits(mask_logits)
+    """``crop``/``at`` access to (N, H, W) tensors; BoxMaskLogits (or a wrapped one) as is."""
+    return _DenseMaskLogits(mask_logits) if isinstance(mask_logits, torch.Tensor) else mask_logits
 
 
 def overlap_filter(mask_logits, boxes, overlap_thresh, order=None):
@@ -146,6 +145,7 @@ def fuse_panoptic(
     candidates = torch.nonzero(scores >= score_thresh).flatten()
     order = candidates[torch.sort(scores[candidates], descending=True, stable=True).indices]
     # 2. Overlap filter on binary masks.
+    mask_logits = _mask_source(mask_logits)
     owner, kept = overlap_filter(mask_logits, boxes, overlap_thresh, order=order)
 
     # 3.-5. Fused logits of the owning instance against the best stuff logit, per pixel.
@@ -154,7 +154,7 @@ def fuse_panoptic(
     if covered.any():
         detection = order[owner[covered]]
         ys, xs = torch.nonzero(covered, as_tuple=True)
-        ml_a = _mask_source(mask_logits).at(detection, ys, xs) * mask_logit_scale
+        ml_a = mask_logits.at(detection, ys, xs) * mask_logit_scale
         # ML_B is the class's semantic channel inside the box; owned pixels are in the box.
         ml_b = sem_logits[thing_channels[classes[detection]], ys, xs]
         if instance_weights is not None:
