@@ -54,6 +54,7 @@ bench: install
 	$(PY) benchmarks/inference.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/pq_eval.py
+	$(PY) benchmarks/eval_overhead.py
 
 lint: install
 	$(PY) -m ruff check .

@@ -17,7 +17,8 @@ setup(
         "numpy",
         "Pillow",
         "opencv-python-headless",
-        "imagecodecs",  # fast PNG decoding for the PQ evaluator (OpenCV is the fallback)
+        "imagecodecs",  # libdeflate for the PQ evaluator's PNG reading (zlib is the fallback)
+        "numba",  # the PQ evaluator's per-pixel loops (PNG unfiltering, pair counting)
         "efficientnet-pytorch>=0.7.1",
         "pycocotools",
         "fvcore",
@@ -26,5 +27,6 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"dev": ["pytest", "pytest-timeout", "ruff", "black"]},
+    # hotcoco: the Rust PQ implementation that benchmarks/pq_eval.py compares against.
+    extras_require={"dev": ["pytest", "pytest-timeout", "ruff", "black", "hotcoco"]},
 )

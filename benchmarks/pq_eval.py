@@ -5,19 +5,32 @@
 
 Generates --images synthetic ground-truth scenes at --size and an imperfect prediction for each
 (shifted by a few pixels, some segments relabelled, dropped or split, one invented object), in
-COCO-panoptic format (cached in --cache). Then, each in a single process, our offline evaluator
-(efficientps.evaluation.evaluate_folders, which decodes PNGs in 2 threads while it computes) and
-cityscapesscripts' pq_compute_single_core + average_pq run on the same folders; prints both
-results, the max abs difference and the speed ratio (median of --runs).
+COCO-panoptic format (cached in --cache), twice: PNGs written by OpenCV (as efficientps' demo
+writes them) and by Pillow (as cityscapesscripts' createPanopticImgs and detectron2's panoptic
+evaluator write them; Pillow picks other PNG row filters, which decode at other speeds).
+Then, on the same folders, in this one process: our offline evaluator
+(efficientps.evaluation.evaluate_folders: 2 threads decode PNGs while a third counts, all
+without the GIL), cityscapesscripts' pq_compute_single_core + average_pq (single core), and
+hotcoco's PanopticEval (Rust, its own threads) when installed. Prints the results, the max abs
+difference from cityscapesscripts and the speed ratios (median of --runs, after a warm-up run
+that also loads the compiled loops).
 """
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import os
+import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
+import time
 
 import numpy as np
 from common import machine_line, median_seconds, print_table
+from PIL import Image
 from tqdm import tqdm
 
 from efficientps.data import synthetic
@@ -76,6 +89,89 @@ def prepare(cache, images, size):
     return gt_json, pred_json
 
 
+def pillow_copy(cache, gt_json, pred_json):
+    """The same files re-encoded by Pillow (default settings, as cityscapesscripts saves)."""
+    target = cache + "_pillow"
+    done = os.path.join(target, "done")
+    if not os.path.isfile(done):
+        for folder in ("gtFine/cityscapes_panoptic_val", "pred"):
+            os.makedirs(os.path.join(target, folder), exist_ok=True)
+            for file_name in tqdm(os.listdir(os.path.join(cache, folder)), desc=f"pillow {folder}"):
+                ids = read_panoptic_png(os.path.join(cache, folder, file_name)).astype(np.int64)
+                rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
+                Image.fromarray(rgb).save(os.path.join(target, folder, file_name))
+        shutil.copy(gt_json, os.path.join(target, "gtFine"))
+        shutil.copy(pred_json, target)
+        open(done, "w").close()
+    return target
+
+
+@contextlib.contextmanager
+def silenced_stdout():
+    """cityscapesscripts and hotcoco (from Rust) print their tables: keep them out of ours."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def hotcoco_jsons(folder, gt_json, pred_json):
+    """The jsons with integer image ids, which hotcoco wants (Cityscapes' are strings)."""
+    with open(gt_json) as f:
+        gt = json.load(f)
+    with open(pred_json) as f:
+        pred = json.load(f)
+    number = {image["id"]: i for i, image in enumerate(gt["images"])}
+
+    def renumbered(annotations):
+        return [dict(a, image_id=number[a["image_id"]]) for a in annotations]
+
+    gt = dict(
+        gt,
+        images=[dict(image, id=number[image["id"]]) for image in gt["images"]],
+        annotations=renumbered(gt["annotations"]),
+    )
+    pred = dict(
+        images=gt["images"],
+        categories=gt["categories"],
+        annotations=renumbered(pred["annotations"]),
+    )
+    paths = os.path.join(folder, "hotcoco_gt.json"), os.path.join(folder, "hotcoco_pred.json")
+    for path, content in zip(paths, (gt, pred)):
+        with open(path, "w") as f:
+            json.dump(content, f)
+    return paths
+
+
+def hotcoco_pq(gt_json, gt_dir, pred_json, pred_dir):
+    from hotcoco import panoptic
+
+    def run():
+        evaluation = panoptic.PanopticEval(
+            gt_json, pred_json, gt_folder=gt_dir, pred_folder=pred_dir
+        )
+        evaluation.run()
+        return evaluation.results()
+
+    return run
+
+
+def command_seconds(command, runs):
+    """Median wall time of a whole command: process start, imports, evaluation."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def cityscapesscripts_pq(gt_json, gt_dir, pred_json, pred_dir):
     from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import (
         average_pq,
@@ -96,7 +192,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=50)
     parser.add_argument("--size", default="1024x2048")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument(
         "--cache", default=os.path.join(tempfile.gettempdir(), "efficientps_pq_bench")
     )
@@ -104,41 +200,81 @@ def main(argv=None):
     height, width = map(int, args.size.split("x"))
     cache = os.path.join(args.cache, f"{args.images}_{height}x{width}")
     gt_json, pred_json = prepare(cache, args.images, (height, width))
-    gt_dir = os.path.join(cache, "gtFine", "cityscapes_panoptic_val")
-    pred_dir = os.path.join(cache, "pred")
     print(f"PQ evaluation benchmark, {args.images} images at {args.size}, on: {machine_line()}")
+    for writer, folder in (("OpenCV", cache), ("Pillow", pillow_copy(cache, gt_json, pred_json))):
+        compare(writer, folder, args)
 
-    ours_time, _ = median_seconds(
-        lambda: evaluate_folders(gt_json, gt_dir, pred_json, pred_dir, progress=False),
-        runs=args.runs,
-    )
-    theirs_time, _ = median_seconds(
-        lambda: cityscapesscripts_pq(gt_json, gt_dir, pred_json, pred_dir), runs=args.runs
-    )
-    ours, _ = evaluate_folders(gt_json, gt_dir, pred_json, pred_dir, progress=False)
-    theirs = cityscapesscripts_pq(gt_json, gt_dir, pred_json, pred_dir)
-    differences = [
-        abs(ours[group][metric] - theirs[group][metric])
-        for group in ("All", "Things", "Stuff")
-        for metric in ("pq", "sq", "rq")
-    ] + [
-        abs(ours["per_class"][c][m] - theirs["per_class"][c][m])
-        for c in theirs["per_class"]
-        for m in ("pq", "sq", "rq")
-    ]
-    rows = [
-        (name, f"{100 * r['All']['pq']:.4f}", f"{100 * r['Things']['pq']:.4f}",
-         f"{100 * r['Stuff']['pq']:.4f}", f"{t:.2f}", f"{theirs_time / t:.1f}")
-        for name, r, t in (("cityscapesscripts (1 process)", theirs, theirs_time),
-                           ("efficientps (1 process)", ours, ours_time))
-    ]  # fmt: skip
+
+def compare(writer, folder, args):
+    gt_json = os.path.join(folder, "gtFine", "cityscapes_panoptic_val.json")
+    pred_json = os.path.join(folder, "pred.json")
+    gt_dir = os.path.join(folder, "gtFine", "cityscapes_panoptic_val")
+    pred_dir = os.path.join(folder, "pred")
+    evaluators = {
+        "cityscapesscripts (1 core)": lambda: cityscapesscripts_pq(
+            gt_json, gt_dir, pred_json, pred_dir
+        ),
+        "efficientps": lambda: evaluate_folders(
+            gt_json, gt_dir, pred_json, pred_dir, progress=False
+        )[0],
+    }
+    commands = {
+        "python -m efficientps.evaluation": [
+            sys.executable, "-m", "efficientps.evaluation", "--gt-json", gt_json,
+            "--gt-dir", gt_dir, "--pred-json", pred_json, "--pred-dir", pred_dir,
+        ],
+    }  # fmt: skip
+    if importlib.util.find_spec("hotcoco") is None:
+        print("hotcoco is not installed (pip install hotcoco): no hotcoco rows")
+    else:
+        hotcoco_gt, hotcoco_pred = hotcoco_jsons(folder, gt_json, pred_json)
+        evaluators["hotcoco (Rust)"] = hotcoco_pq(hotcoco_gt, gt_dir, hotcoco_pred, pred_dir)
+        commands["hotcoco.panoptic.pq_compute"] = [
+            sys.executable, "-c",
+            "import sys; from hotcoco.panoptic import pq_compute; pq_compute(*sys.argv[1:])",
+            hotcoco_gt, hotcoco_pred, gt_dir, pred_dir,
+        ]  # fmt: skip
+    seconds, results = {}, {}
+    for name, run in evaluators.items():
+        with silenced_stdout():
+            seconds[name], _ = median_seconds(run, runs=args.runs)
+            results[name] = run()
+    theirs = results["cityscapesscripts (1 core)"]
+    rows = []
+    for name, r in results.items():
+        differences = [
+            abs(r[group][metric] - theirs[group][metric])
+            for group in ("All", "Things", "Stuff")
+            for metric in ("pq", "sq", "rq")
+        ] + [
+            abs(r["per_class"][c][m] - theirs["per_class"][c][m])
+            for c in theirs["per_class"]
+            for m in ("pq", "sq", "rq")
+        ]
+        rows.append(
+            (
+                name,
+                f"{100 * r['All']['pq']:.4f}",
+                f"{100 * r['Things']['pq']:.4f}",
+                f"{100 * r['Stuff']['pq']:.4f}",
+                f"{max(differences):.1e}",
+                f"{seconds[name]:.2f}",
+                f"{seconds['cityscapesscripts (1 core)'] / seconds[name]:.1f}",
+                f"{seconds[name] / seconds['efficientps']:.2f}",
+            )
+        )
     print_table(
-        f"PQ on {args.images} images at {args.size}, median of {args.runs}",
-        ("evaluator", "PQ", "PQ_th", "PQ_st", "seconds", "speed-up"),
+        f"PQ on {args.images} images at {args.size}, PNGs written by {writer}, "
+        f"median of {args.runs}",
+        ("evaluator", "PQ", "PQ_th", "PQ_st", "max diff", "seconds", "speed-up", "x ours"),
         rows,
     )
-    print(
-        f"\nmax |difference| over All/Things/Stuff and per-class PQ/SQ/RQ: {max(differences):.1e}"
+    whole = {name: command_seconds(command, args.runs) for name, command in commands.items()}
+    ours = whole["python -m efficientps.evaluation"]
+    print_table(
+        f"The whole command (process start, imports, evaluation), median of {args.runs}",
+        ("command", "seconds", "x ours"),
+        [(name, f"{t:.2f}", f"{t / ours:.2f}") for name, t in whole.items()],
     )
 
 

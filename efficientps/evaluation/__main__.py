@@ -13,10 +13,9 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-import torch
 from tqdm import tqdm
 
-from .panoptic_evaluator import read_panoptic_png
+from .panoptic_png import read_panoptic_png
 from .panoptic_quality import PanopticFormatError, PQAccumulator, format_table
 
 
@@ -65,21 +64,16 @@ def evaluate_folders(gt_json, gt_dir, pred_json, pred_dir, progress=True):
 
     accumulator = PQAccumulator(gt["categories"])
     annotations = tqdm(gt["annotations"], desc="PQ", disable=not progress)
-    # The decoding threads keep the cores busy: the arithmetic runs on one torch thread rather
-    # than competing with them (measured: 1.5 s instead of 1.8 s for 50 images at 1024x2048).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for annotation, (prediction, pred_path, gt_ids, pred_ids) in prefetched(annotations, load):
-            accumulator.add(
-                gt_ids,
-                annotation["segments_info"],
-                pred_ids,
-                prediction["segments_info"],
-                image_name=f"{annotation['image_id']} ({pred_path})",
-            )
-    finally:
-        torch.set_num_threads(threads)
+    # PNG decoding and pair counting release the GIL: two threads decode ahead while this one
+    # counts, so both cores are busy.
+    for annotation, (prediction, pred_path, gt_ids, pred_ids) in prefetched(annotations, load):
+        accumulator.add(
+            gt_ids,
+            annotation["segments_info"],
+            pred_ids,
+            prediction["segments_info"],
+            image_name=f"{annotation['image_id']} ({pred_path})",
+        )
     return accumulator.results(), gt["categories"]
 
 

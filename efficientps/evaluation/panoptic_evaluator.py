@@ -12,61 +12,20 @@ import logging
 import os
 from collections import OrderedDict
 
-import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-try:
-    import imagecodecs
-except ImportError:  # optional: OpenCV decodes the PNGs, about 2x slower
-    imagecodecs = None
-
 from ..class_tables import PanopticClassTables
 from ..modeling.meta_arch.panoptic_fusion import channel_argmax
-from .panoptic_quality import PanopticFormatError, PQAccumulator, format_table
+from .kernels import add_confusion, relabel
+from .panoptic_png import read_panoptic_png, write_panoptic_png
+from .panoptic_quality import PQAccumulator, format_table
+from .rle import encode_mask
 
 logger = logging.getLogger(__name__)
-
-
-def _decode_rgba(path):
-    """(H, W, 4) uint8 RGBA of an 8-bit RGB(A) PNG, or None when the fast path does not apply.
-
-    imagecodecs' libpng decoder is about 2x faster than OpenCV's here, and it releases the GIL
-    so that two decoding threads overlap the PQ arithmetic: PQ evaluation is PNG-decode bound.
-    """
-    if imagecodecs is None:
-        return None
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        image = imagecodecs.png_decode(data)
-    except Exception:  # not a PNG imagecodecs reads: OpenCV decides, and names the error
-        return None
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
-        return None  # grey, palette or 16-bit: rare, OpenCV's conversion rules apply
-    return image if image.shape[2] == 4 else cv2.cvtColor(image, cv2.COLOR_RGB2RGBA)
-
-
-def read_panoptic_png(path):
-    """(H, W) uint32 segment ids of a COCO-panoptic RGB PNG (id = R + 256 G + 256^2 B)."""
-    rgba = _decode_rgba(path)
-    if rgba is None:
-        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise PanopticFormatError(f"cannot read panoptic PNG {path}")
-        rgba = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGBA)
-    # RGBA bytes read as one little-endian uint32 are R + 256 G + 256^2 B + 256^3 A: ten times
-    # faster than int64 arithmetic on the three channels.
-    return np.ascontiguousarray(rgba).view(np.uint32)[..., 0] & np.uint32(0xFFFFFF)
-
-
-def write_panoptic_png(path, ids):
-    ids = np.asarray(ids, np.int64)
-    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
-    cv2.imwrite(path, rgb[..., ::-1])
 
 
 class EfficientPSEvaluator(DatasetEvaluator):
@@ -104,22 +63,29 @@ class EfficientPSEvaluator(DatasetEvaluator):
             self.pq.add(gt_ids, gt_segments, pred_ids, pred_segments, image_name)
             gt_sem = self._semantic_gt(gt_ids, gt_segments)
             if "sem_seg" in output:
-                self._add_confusion(channel_argmax(output["sem_seg"].cpu()).numpy(), gt_sem)
+                pred_sem = channel_argmax(output["sem_seg"].cpu()).numpy()
+                self._add_confusion(pred_sem, gt_sem, image_name)
             if self.compute_ap and "instances" in output:
                 self._add_instances(record, gt_ids, gt_segments, output["instances"])
             if self.output_dir:
                 self._save_prediction(record, pred_ids, pred_segments)
 
     def _semantic_gt(self, gt_ids, gt_segments):
-        unique, inverse = np.unique(gt_ids, return_inverse=True)
+        """Semantic channel of every pixel (crowd and void: the ignore label), int32."""
         channel = {s["id"]: s["category_id"] for s in gt_segments if not s.get("iscrowd", 0)}
-        lut = np.asarray([channel.get(int(u), self.ignore_label) for u in unique], np.int64)
-        return lut[inverse.reshape(gt_ids.shape)]
+        keys = np.asarray(sorted(channel), np.int64)
+        values = np.asarray([channel[k] for k in keys], np.int32)
+        semantic = np.empty(gt_ids.shape, np.int32)
+        relabel(gt_ids.ravel(), keys, values, np.int32(self.ignore_label), semantic.ravel())
+        return semantic
 
-    def _add_confusion(self, pred, gt):
-        n = self.tables.num_classes
-        valid = gt != self.ignore_label
-        self.confusion += np.bincount(gt[valid] * n + pred[valid], minlength=n * n).reshape(n, n)
+    def _add_confusion(self, pred, gt, image_name):
+        outside = add_confusion(gt.ravel(), pred.ravel(), self.ignore_label, self.confusion)
+        if outside:
+            raise ValueError(
+                f"{image_name}: {outside} pixels have a semantic class outside "
+                f"0..{self.tables.num_classes - 1} (ground truth or prediction)"
+            )
 
     def _add_instances(self, record, gt_ids, gt_segments, instances):
         image_id = len(self.coco_gt) + comm.get_rank() * 10**7  # unique across processes
@@ -127,7 +93,7 @@ class EfficientPSEvaluator(DatasetEvaluator):
         for s in gt_segments:
             if s["category_id"] not in self.thing_index:
                 continue
-            rle = mask_util.encode(np.asfortranarray((gt_ids == s["id"]).astype(np.uint8)))
+            rle = encode_mask(gt_ids == s["id"])
             area = float(mask_util.area(rle))
             if area == 0:
                 continue
@@ -143,9 +109,9 @@ class EfficientPSEvaluator(DatasetEvaluator):
         instances = instances.to("cpu")
         dt_entries = []
         if instances.has("pred_masks") and len(instances):
-            masks = instances.pred_masks.numpy().astype(np.uint8)
+            masks = instances.pred_masks.numpy()
             for mask, score, cls in zip(masks, instances.scores.tolist(), instances.pred_classes):
-                rle = mask_util.encode(np.asfortranarray(mask))
+                rle = encode_mask(mask)
                 dt_entries.append({"segmentation": rle, "score": score, "category_id": int(cls)})
         self.coco_gt.append((image_id, gt_ids.shape, gt_entries))
         self.coco_dt.append((image_id, dt_entries))

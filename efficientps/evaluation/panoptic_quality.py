@@ -10,81 +10,57 @@ Class averages run over classes with at least one TP, FP or FN.
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+
+from .kernels import pair_runs
 
 VOID = 0
-# PNG ids are 24-bit (R + 256 G + 256^2 B): a lookup table over that range maps them to a few
-# compact labels in one gather, with no sort over the image's pixels. The table is uint8 (label
-# 0 = not listed), so an image with up to 254 listed segments takes the fast path; the gather
-# and the pair histogram run in torch, whose kernels use every core (NumPy's are one thread).
-ID_RANGE = 1 << 24
 UNLISTED = -1  # any id that the segments do not list (reported or ignored by the caller)
-MAX_FAST_LABELS = 254
-_lookup = None
 
 
 class PanopticFormatError(ValueError):
     """Inputs that PQ cannot be computed on; the message names the image."""
 
 
-def _lookup_table():
-    global _lookup
-    if _lookup is None:
-        _lookup = torch.zeros(ID_RANGE, dtype=torch.uint8)
-    return _lookup
+def pair_counts(gt_ids, pred_ids):
+    """Pixel counts of every (gt id, pred id) pair that occurs in two id maps of one shape:
+    three 1-D arrays, sorted by gt id then pred id. Any integer ids.
 
-
-def _in_png_range(flat):
-    if flat.size == 0:
-        return True
-    if flat.dtype.kind == "u":
-        return int(flat.max()) < ID_RANGE
-    return int(flat.min()) >= 0 and int(flat.max()) < ID_RANGE
-
-
-def compact_labels(ids, listed):
-    """(labels, compact) with ``labels[compact] == ids`` for listed ids and VOID, UNLISTED else.
-
-    ``labels`` is UNLISTED followed by the sorted VOID + ``listed`` ids; ``compact`` is a 1-D
-    integer torch tensor over the pixels (uint8 on the fast path, int64 otherwise).
+    A compiled pass finds the runs of equal pairs along the rows (a few dozen per row in
+    panoptic maps); only the runs are sorted and summed.
     """
-    labels = np.union1d(np.asarray(listed, np.int64), [VOID])
-    flat = np.ascontiguousarray(ids).ravel()
-    all_labels = np.concatenate([[UNLISTED], labels])
-    if len(labels) <= MAX_FAST_LABELS and labels[-1] < ID_RANGE and _in_png_range(flat):
-        if flat.dtype not in (np.uint32, np.int32):
-            flat = flat.astype(np.int32)
-        pixels = torch.from_numpy(flat.view(np.int32))  # < 2^24: the same values
-        table = _lookup_table()
-        rows = torch.from_numpy(labels)
-        table[rows] = torch.arange(1, len(labels) + 1, dtype=torch.uint8)
-        try:
-            compact = table.index_select(0, pixels)
-        finally:
-            table[rows] = 0
-        return all_labels, compact
-    # Ids outside the PNG range or many segments: sort instead.
-    unique, inverse = np.unique(flat, return_inverse=True)
-    position = np.searchsorted(labels, unique).clip(max=len(labels) - 1)
-    known = labels[position] == unique
-    compact = np.where(known, position + 1, 0)[inverse.ravel()]
-    return all_labels, torch.from_numpy(compact.astype(np.int64))
+    gt = np.ascontiguousarray(gt_ids).ravel()
+    pred = np.ascontiguousarray(pred_ids).ravel()
+    if gt.size == 0:
+        return gt[:0], pred[:0], np.zeros(0, np.int64)
+    run_gt, run_pred = np.empty_like(gt), np.empty_like(pred)
+    run_length = np.empty(gt.size, np.int64)
+    runs = pair_runs(gt, pred, run_gt, run_pred, run_length)
+    return _sum_equal_pairs(run_gt[:runs], run_pred[:runs], run_length[:runs])
+
+
+def _sum_equal_pairs(gt, pred, counts):
+    order = np.lexsort((pred, gt))
+    gt, pred, counts = gt[order], pred[order], counts[order]
+    first = np.ones(len(gt), bool)
+    first[1:] = (gt[1:] != gt[:-1]) | (pred[1:] != pred[:-1])
+    starts = np.flatnonzero(first)
+    return gt[starts], pred[starts], np.add.reduceat(counts, starts)
 
 
 def intersections(gt_ids, pred_ids, gt_listed=(), pred_listed=()):
-    """Pixel counts of every (gt id, pred id) pair that occurs: three 1-D arrays.
+    """Pixel counts of every (gt id, pred id) pair that occurs: three 1-D int64 arrays.
 
     Ids not in ``*_listed`` (nor VOID) are reported as UNLISTED.
     """
-    gt_labels, gt = compact_labels(gt_ids, gt_listed)
-    pred_labels, pred = compact_labels(pred_ids, pred_listed)
-    stride = len(pred_labels)
-    small = gt.dtype == pred.dtype == torch.uint8 and len(gt_labels) * stride < 2**31
-    pairs = gt.to(torch.int32 if small else torch.int64) * stride
-    pairs += pred
-    counts = torch.bincount(pairs, minlength=len(gt_labels) * stride).numpy()
-    joint = np.flatnonzero(counts)
-    return gt_labels[joint // stride], pred_labels[joint % stride], counts[joint]
+    gt, pred, counts = pair_counts(gt_ids, pred_ids)
+    gt = _label_unlisted(gt.astype(np.int64), gt_listed)
+    pred = _label_unlisted(pred.astype(np.int64), pred_listed)
+    return _sum_equal_pairs(gt, pred, counts)
+
+
+def _label_unlisted(ids, listed):
+    known = np.isin(ids, np.asarray(listed, np.int64)) | (ids == VOID)
+    return np.where(known, ids, UNLISTED)
 
 
 @dataclass

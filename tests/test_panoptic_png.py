@@ -1,0 +1,167 @@
+"""Panoptic PNG decoding: every PNG row filter, RGB and RGBA, split image data, other PNG kinds
+through OpenCV, and clear errors for damaged files."""
+
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from efficientps.evaluation import (
+    PanopticFormatError,
+    panoptic_png,
+    read_panoptic_png,
+    write_panoptic_png,
+)
+
+FILTERS = (0, 1, 2, 3, 4)  # None, Sub, Up, Average, Paeth
+
+
+def _chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _paeth(a, b, c):
+    p = a + b - c
+    pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+    return np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+
+
+def encode_png(pixels, row_filters, idat_chunks=3):
+    """A PNG of (H, W, 3|4) uint8 ``pixels`` with the given filter type on each row: a small
+    independent encoder, so that the decoder is checked on filters libpng's heuristics may not
+    choose."""
+    height, width, channels = pixels.shape
+    rows = pixels.reshape(height, width * channels).astype(np.int64)
+    filtered = []
+    for y, kind in enumerate(row_filters):
+        line = rows[y]
+        up = rows[y - 1] if y else np.zeros_like(line)
+        left = np.concatenate([np.zeros(channels, np.int64), line[:-channels]])
+        up_left = np.concatenate([np.zeros(channels, np.int64), up[:-channels]])
+        predictor = {
+            0: np.zeros_like(line),
+            1: left,
+            2: up,
+            3: (left + up) // 2,
+            4: _paeth(left, up, up_left),
+        }[kind]
+        filtered.append(np.concatenate([[kind], (line - predictor) % 256]).astype(np.uint8))
+    data = zlib.compress(np.concatenate(filtered).tobytes())
+    pieces = np.array_split(np.frombuffer(data, np.uint8), idat_chunks)
+    colour_type = 2 if channels == 3 else 6
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return (
+        panoptic_png.PNG_SIGNATURE
+        + _chunk(b"IHDR", header)
+        + b"".join(_chunk(b"IDAT", piece.tobytes()) for piece in pieces)
+        + _chunk(b"IEND", b"")
+    )
+
+
+def panoptic_ids(height=40, width=57, seed=0):
+    """Blocky segments with large ids, plus noisy pixels so that every byte varies."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 2**24, (4, 5))
+    ids = np.kron(blocks, np.ones((height // 4 + 1, width // 5 + 1), np.int64))[:height, :width]
+    noise = rng.random((height, width)) < 0.2
+    ids[noise] = rng.integers(0, 2**24, int(noise.sum()))
+    return ids
+
+
+def rgb_of(ids):
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+
+
+@pytest.fixture(params=["libdeflate", "zlib"])
+def inflater(request, monkeypatch):
+    if request.param == "zlib":
+        monkeypatch.setattr(panoptic_png, "imagecodecs", None)
+    else:
+        assert panoptic_png.imagecodecs is not None  # installed by make install
+    return request.param
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_every_row_filter_decodes_to_the_ids(tmp_path, inflater, channels):
+    ids = panoptic_ids()
+    pixels = rgb_of(ids)
+    if channels == 4:
+        alpha = np.random.default_rng(1).integers(0, 256, ids.shape + (1,), dtype=np.uint8)
+        pixels = np.concatenate([pixels, alpha], axis=-1)
+    # Each filter after each other filter, and on the first row (no row above).
+    for first in FILTERS:
+        row_filters = [first] + [FILTERS[(first + i) % 5] for i in range(1, len(ids))]
+        path = tmp_path / f"filters_{first}.png"
+        path.write_bytes(encode_png(pixels, row_filters))
+        decoded = read_panoptic_png(str(path))
+        assert decoded.dtype == np.uint32 and np.array_equal(decoded, ids)
+        # The test's encoder writes real PNGs: OpenCV reads the same pixels.
+        bgr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(bgr[..., [2, 1, 0]], pixels[..., :3])
+
+
+def test_files_written_by_opencv_and_pillow(tmp_path, inflater):
+    ids = panoptic_ids(64, 96, seed=2)
+    write_panoptic_png(str(tmp_path / "opencv.png"), ids)
+    Image.fromarray(rgb_of(ids)).save(tmp_path / "pillow.png")  # cityscapesscripts' writer
+    Image.fromarray(rgb_of(ids)).save(tmp_path / "pillow9.png", compress_level=9)
+    rgba = np.concatenate([rgb_of(ids), np.full(ids.shape + (1,), 255, np.uint8)], axis=-1)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "pillow_rgba.png")
+    for name in ("opencv.png", "pillow.png", "pillow9.png", "pillow_rgba.png"):
+        assert np.array_equal(read_panoptic_png(str(tmp_path / name)), ids), name
+
+
+def test_other_png_kinds_go_through_opencv(tmp_path):
+    grey = np.arange(12 * 7, dtype=np.uint8).reshape(12, 7)
+    Image.fromarray(grey, "L").save(tmp_path / "grey.png")
+    expected = grey.astype(np.uint32) * (1 + 256 + 65536)  # grey as R = G = B
+    assert np.array_equal(read_panoptic_png(str(tmp_path / "grey.png")), expected)
+    palette = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), "P")
+    palette.putpalette([10, 20, 30, 1, 2, 3] + [0] * 762)
+    palette.save(tmp_path / "palette.png")
+    first, second = 10 + 256 * 20 + 65536 * 30, 1 + 256 * 2 + 65536 * 3
+    ids = read_panoptic_png(str(tmp_path / "palette.png"))
+    assert ids.tolist() == [[first, second], [second, first]]
+
+
+def test_damaged_files_give_errors_naming_the_file(tmp_path):
+    good = encode_png(rgb_of(panoptic_ids()), [1] * 40, idat_chunks=1)
+    cases = {
+        "not_png.png": b"GIF89a....",
+        "truncated.png": good[: len(good) // 2],
+        "bad_crc.png": good[:-5] + bytes([good[-5] ^ 1]) + good[-4:],
+        "no_iend.png": good[: -len(_chunk(b"IEND", b""))],
+    }
+    # An unknown filter type (7) on one row.
+    pixels = rgb_of(panoptic_ids())
+    raw = np.concatenate([np.full((40, 1), 1, np.uint8), pixels.reshape(40, -1)], axis=1)
+    raw[5, 0] = 7
+    header = struct.pack(">IIBBBBB", 57, 40, 8, 2, 0, 0, 0)
+    cases["bad_filter.png"] = (
+        panoptic_png.PNG_SIGNATURE
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(raw.tobytes()))
+        + _chunk(b"IEND", b"")
+    )
+    # Image data for fewer rows than the header says.
+    cases["short_data.png"] = (
+        panoptic_png.PNG_SIGNATURE
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(raw[:30].tobytes()))
+        + _chunk(b"IEND", b"")
+    )
+    expected = {
+        "not_png.png": "not a PNG",
+        "truncated.png": "truncated PNG",
+        "bad_crc.png": "CRC mismatch",
+        "no_iend.png": "no IEND",
+        "bad_filter.png": "row 5 has an unknown filter type",
+        "short_data.png": "expected 6880 for 57x40|corrupt PNG image data",
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(PanopticFormatError, match=f"{name}.*({expected[name]})"):
+            read_panoptic_png(str(tmp_path / name))
