@@ -47,7 +47,7 @@ test: install
 demo: install
 	$(PY) -m efficientps.demo_pipeline --output $(DEMO_DIR)
 
-# About 20 minutes on 2 cores; each script prints the table that README shows.
+# About 35 minutes on 2 cores; each script prints the table that README shows.
 bench: install
 	$(PY) benchmarks/backbone.py
 	$(PY) benchmarks/model_flops.py
