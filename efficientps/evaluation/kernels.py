@@ -1,9 +1,10 @@
-"""Compiled per-pixel loops of the PQ evaluator: PNG unfiltering into ids, pair run counting.
+"""Compiled per-pixel loops of the evaluators: PNG unfiltering into ids, pair run counting,
+id relabelling and the semantic confusion matrix.
 
-Both run without the GIL (numba ``nogil``), so the decoding threads and the counting thread
-of the offline evaluator use every core. Compiled code is cached next to this file (or in
-numba's user-wide cache when that is not writable), so only the first run pays the compilation
-(about 2 s).
+They run without the GIL (numba ``nogil``), so the decoding threads and the counting thread of
+the offline evaluator use every core. Compiled code is cached next to this file (or in numba's
+user-wide cache when that is not writable), so only the first run pays the compilation (about
+3 s).
 
 A COCO-panoptic id is R + 256 G + 256^2 B, and PNG filters act on each byte from the same byte
 of the neighbours, so the rows of ids themselves serve as the unfiltered previous row, and the
@@ -139,15 +140,20 @@ def relabel(ids, keys, values, default, out):
     Flat arrays. Neighbouring pixels mostly share an id, so the previous answer is reused and
     the binary search runs only where the id changes.
     """
-    previous_id = -1
-    previous_value = default
+    previous_id = ids[0] if ids.size else 0
+    previous_value = _lookup(keys, values, default, previous_id)
     for i in range(ids.size):
         current = ids[i]
         if current != previous_id:
             previous_id = current
-            j = np.searchsorted(keys, current)
-            previous_value = values[j] if j < keys.size and keys[j] == current else default
+            previous_value = _lookup(keys, values, default, current)
         out[i] = previous_value
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _lookup(keys, values, default, key):
+    j = np.searchsorted(keys, key)
+    return values[j] if j < keys.size and keys[j] == key else default
 
 
 @njit(nogil=True, cache=True)

@@ -81,6 +81,8 @@ def _decode_ids(data, path):
     image_data = []
     for kind, body in _chunks(data, path):
         if kind == b"IHDR":
+            if len(body) != 13:
+                raise PanopticFormatError(f"{path}: corrupt PNG (IHDR of {len(body)} bytes)")
             header = struct.unpack(">IIBBBBB", body)
         elif kind == b"IDAT":
             image_data.append(body)
