@@ -186,6 +186,7 @@ def test_offline_command_runs_without_torch_or_detectron2(gt_and_predictions, tm
                "--pred-dir", pred_dir, "--output", str(output)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "Things" in done.stdout and "Saved" in done.stdout  # flushed before the fast exit
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert "efficientps.evaluation.panoptic_png" in imported
     assert not {m for m in imported if m.split(".")[0] in ("torch", "detectron2")}

@@ -102,3 +102,8 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    # Everything is written and closed: skip the interpreter's teardown, which takes ~0.3 s
+    # here (mostly numba's LLVM), a fifth of the whole command.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
