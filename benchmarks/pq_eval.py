@@ -36,6 +36,7 @@ from tqdm import tqdm
 from efficientps.data import synthetic
 from efficientps.evaluation import read_panoptic_png, write_panoptic_png
 from efficientps.evaluation.__main__ import evaluate_folders
+from efficientps.panoptic_ids import id_to_rgb
 
 
 def make_prediction(ids, segments, rng):
@@ -97,9 +98,8 @@ def pillow_copy(cache, gt_json, pred_json):
         for folder in ("gtFine/cityscapes_panoptic_val", "pred"):
             os.makedirs(os.path.join(target, folder), exist_ok=True)
             for file_name in tqdm(os.listdir(os.path.join(cache, folder)), desc=f"pillow {folder}"):
-                ids = read_panoptic_png(os.path.join(cache, folder, file_name)).astype(np.int64)
-                rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
-                Image.fromarray(rgb).save(os.path.join(target, folder, file_name))
+                ids = read_panoptic_png(os.path.join(cache, folder, file_name))
+                Image.fromarray(id_to_rgb(ids)).save(os.path.join(target, folder, file_name))
         shutil.copy(gt_json, os.path.join(target, "gtFine"))
         shutil.copy(pred_json, target)
         open(done, "w").close()

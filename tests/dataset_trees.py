@@ -13,6 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from efficientps.evaluation import write_panoptic_png
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -26,10 +28,8 @@ def load_script(name):
 
 
 def write_rgb_ids(path, ids):
-    ids = np.asarray(ids, np.int64)
-    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    cv2.imwrite(str(path), rgb[..., ::-1])
+    write_panoptic_png(str(path), ids)
 
 
 def random_image(path, height, width, seed):

@@ -15,6 +15,7 @@ from efficientps.evaluation import (
     read_panoptic_png,
     write_panoptic_png,
 )
+from efficientps.panoptic_ids import id_to_rgb
 
 FILTERS = (0, 1, 2, 3, 4)  # None, Sub, Up, Average, Paeth
 
@@ -71,10 +72,6 @@ def panoptic_ids(height=40, width=57, seed=0):
     return ids
 
 
-def rgb_of(ids):
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
-
-
 @pytest.fixture(params=["libdeflate", "zlib"])
 def inflater(request, monkeypatch):
     if request.param == "zlib":
@@ -87,7 +84,7 @@ def inflater(request, monkeypatch):
 @pytest.mark.parametrize("channels", [3, 4])
 def test_every_row_filter_decodes_to_the_ids(tmp_path, inflater, channels):
     ids = panoptic_ids()
-    pixels = rgb_of(ids)
+    pixels = id_to_rgb(ids)
     if channels == 4:
         alpha = np.random.default_rng(1).integers(0, 256, ids.shape + (1,), dtype=np.uint8)
         pixels = np.concatenate([pixels, alpha], axis=-1)
@@ -106,9 +103,9 @@ def test_every_row_filter_decodes_to_the_ids(tmp_path, inflater, channels):
 def test_files_written_by_opencv_and_pillow(tmp_path, inflater):
     ids = panoptic_ids(64, 96, seed=2)
     write_panoptic_png(str(tmp_path / "opencv.png"), ids)
-    Image.fromarray(rgb_of(ids)).save(tmp_path / "pillow.png")  # cityscapesscripts' writer
-    Image.fromarray(rgb_of(ids)).save(tmp_path / "pillow9.png", compress_level=9)
-    rgba = np.concatenate([rgb_of(ids), np.full(ids.shape + (1,), 255, np.uint8)], axis=-1)
+    Image.fromarray(id_to_rgb(ids)).save(tmp_path / "pillow.png")  # cityscapesscripts' writer
+    Image.fromarray(id_to_rgb(ids)).save(tmp_path / "pillow9.png", compress_level=9)
+    rgba = np.concatenate([id_to_rgb(ids), np.full(ids.shape + (1,), 255, np.uint8)], axis=-1)
     Image.fromarray(rgba, "RGBA").save(tmp_path / "pillow_rgba.png")
     for name in ("opencv.png", "pillow.png", "pillow9.png", "pillow_rgba.png"):
         assert np.array_equal(read_panoptic_png(str(tmp_path / name)), ids), name
@@ -128,7 +125,7 @@ def test_other_png_kinds_go_through_opencv(tmp_path):
 
 
 def test_damaged_files_give_errors_naming_the_file(tmp_path):
-    good = encode_png(rgb_of(panoptic_ids()), [1] * 40, idat_chunks=1)
+    good = encode_png(id_to_rgb(panoptic_ids()), [1] * 40, idat_chunks=1)
     cases = {
         "not_png.png": b"GIF89a....",
         "truncated.png": good[: len(good) // 2],
@@ -136,7 +133,7 @@ def test_damaged_files_give_errors_naming_the_file(tmp_path):
         "no_iend.png": good[: -len(_chunk(b"IEND", b""))],
     }
     # An unknown filter type (7) on one row.
-    pixels = rgb_of(panoptic_ids())
+    pixels = id_to_rgb(panoptic_ids())
     raw = np.concatenate([np.full((40, 1), 1, np.uint8), pixels.reshape(40, -1)], axis=1)
     raw[5, 0] = 7
     header = struct.pack(">IIBBBBB", 57, 40, 8, 2, 0, 0, 0)

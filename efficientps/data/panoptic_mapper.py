@@ -19,16 +19,11 @@ from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
 
 from ..class_tables import PanopticClassTables
+from ..panoptic_ids import rgb_to_id
 from .datasets.coco_panoptic import DatasetFormatError
 from .transforms import RandomScale
 
 logger = logging.getLogger(__name__)
-
-
-def rgb_to_id(rgb):
-    """COCO-panoptic encoding: id = R + 256 G + 256^2 B."""
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
 
 
 def _read(path, fmt, what):

@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..panoptic_ids import id_to_rgb
+
 # (label id, name, label colour, isthing): a subset of Cityscapes' classes with their ids.
 CATEGORIES = [
     {"id": 7, "name": "road", "color": [128, 64, 128], "isthing": 0},
@@ -177,11 +179,6 @@ def draw_scene(rng, height, width):
         drawn.append((segment_id, int(mask.sum())))
     image = canvas.image * rng.uniform(0.8, 1.15) + _noise(rng, canvas.image.shape, 3)
     return np.clip(image, 0, 255).astype(np.uint8), canvas.ids
-
-
-def id_to_rgb(ids):
-    """COCO-panoptic encoding: id = R + 256 G + 256^2 B."""
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
 
 
 def segments_of(ids):

@@ -13,6 +13,7 @@ import zlib
 
 import numpy as np
 
+from ..panoptic_ids import id_to_rgb, rgb_to_id
 from .kernels import unfilter_png_ids
 from .panoptic_quality import PanopticFormatError
 
@@ -39,20 +40,13 @@ def read_panoptic_png(path):
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise PanopticFormatError(f"{path}: OpenCV cannot decode this PNG")
-    return _ids_of_rgb(bgr[..., ::-1])
+    return rgb_to_id(bgr[..., ::-1], np.uint32)
 
 
 def write_panoptic_png(path, ids):
     import cv2  # see read_panoptic_png
 
-    ids = np.asarray(ids, np.int64)
-    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
-    cv2.imwrite(path, rgb[..., ::-1])
-
-
-def _ids_of_rgb(rgb):
-    rgb = rgb.astype(np.uint32)
-    return rgb[..., 0] | (rgb[..., 1] << 8) | (rgb[..., 2] << 16)
+    cv2.imwrite(path, id_to_rgb(ids)[..., ::-1])
 
 
 def _chunks(data, path):
