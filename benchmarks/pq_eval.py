@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from efficientps.data import synthetic
-from efficientps.evaluation import read_panoptic_png, write_panoptic_png
+from efficientps.evaluation import PQAccumulator, read_panoptic_png, write_panoptic_png
 from efficientps.evaluation.__main__ import evaluate_folders
 from efficientps.panoptic_ids import id_to_rgb
 
@@ -172,6 +172,44 @@ def command_seconds(command, runs):
     return statistics.median(times)
 
 
+def stage_times(gt_json, gt_dir, pred_json, pred_dir):
+    """Single-threaded ms per PNG read and per PQAccumulator.add (medians over the images)."""
+    with open(gt_json) as f:
+        gt = json.load(f)
+    with open(pred_json) as f:
+        predictions = {a["image_id"]: a for a in json.load(f)["annotations"]}
+    accumulator = PQAccumulator(gt["categories"])
+    reads, adds = [], []
+    for annotation in gt["annotations"]:
+        prediction = predictions[annotation["image_id"]]
+        maps = []
+        for path in (
+            os.path.join(gt_dir, annotation["file_name"]),
+            os.path.join(pred_dir, prediction["file_name"]),
+        ):
+            start = time.perf_counter()
+            maps.append(read_panoptic_png(path))
+            reads.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        accumulator.add(maps[0], annotation["segments_info"], maps[1], prediction["segments_info"])
+        adds.append(time.perf_counter() - start)
+    return 1000 * statistics.median(reads), 1000 * statistics.median(adds)
+
+
+def import_seconds(command):
+    """Seconds of imports of ``command`` (a python -m ... line), from -X importtime."""
+    done = subprocess.run(
+        [command[0], "-X", "importtime", *command[1:]], capture_output=True, text=True
+    )
+    total = 0
+    for line in done.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            _, cumulative, name = line.split("|")
+            if cumulative.strip().isdigit() and not name.startswith("  "):  # top level
+                total += int(cumulative)
+    return total / 1e6
+
+
 def cityscapesscripts_pq(gt_json, gt_dir, pred_json, pred_dir):
     from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import (
         average_pq,
@@ -275,6 +313,22 @@ def compare(writer, folder, args):
         f"The whole command (process start, imports, evaluation), median of {args.runs}",
         ("command", "seconds", "x ours"),
         [(name, f"{t:.2f}", f"{t / ours:.2f}") for name, t in whole.items()],
+    )
+    read_ms, add_ms = stage_times(gt_json, gt_dir, pred_json, pred_dir)
+    imports = import_seconds(commands["python -m efficientps.evaluation"][:3] + ["--help"])
+    print_table(
+        "Where our time goes (one thread, medians over the images; the rest of the whole "
+        "command is Python's start, numba loading its compiled loops and the threads)",
+        ("stage", "time"),
+        [
+            ("read_panoptic_png, per PNG", f"{read_ms:.1f} ms"),
+            ("PQAccumulator.add (pair counting + matching), per image", f"{add_ms:.1f} ms"),
+            ("imports of python -m efficientps.evaluation", f"{imports:.2f} s"),
+            (
+                "whole command - imports - evaluation",
+                f"{ours - imports - seconds['efficientps']:.2f} s",
+            ),
+        ],
     )
 
 
