@@ -4,22 +4,26 @@
     python benchmarks/inference.py [--sizes 1024x2048 512x1024] [--runs 3]
 
 Image tensor in, panoptic output out (postprocessing and fusion included), random weights, 19
-classes for both. Both models are forced to the same instance workload: score threshold 0 and
-50 detections per image (random weights would otherwise give each a different number). Every
-(model, variant, size) runs in its own child process, so its peak RSS is its own. Variants of
-EfficientPS, each adding one optimisation, each measured rather than assumed:
-  plain          the model as trained (eval mode), torchvision's ROIAlign kernel
-  +roialign      the embedding-bag ROIAlign (MODEL.EFFICIENTPS.FAST_CPU_ROI_ALIGN)
-  +fold          + BatchNorm folded into the convs (model.prepare_for_inference())
-  +cl            + channels_last memory format
-Outputs of each variant are compared with the plain model's (same panoptic ids, semantic logits
-within 1e-4) in the child process.
+classes for both, under torch.no_grad (as detectron2's DefaultPredictor and inference_on_dataset
+run models). Both models are forced to the same instance workload: score threshold 0 and 50
+detections per image (random weights would otherwise give each a different number). Every
+(model, variant, size) runs in its own child process, so its peak RSS is its own. Variants:
+  plain            conv -> BN -> activation and torchvision's ROIAlign kernel: the training
+                   path, with MODEL.EFFICIENTPS.INFERENCE_FOLD_BN False, no channels_last,
+                   FAST_CPU_ROI_ALIGN False
+  user path        what a user runs: build_model(cfg), DetectionCheckpointer(model).load(file),
+                   model.eval(), model(inputs) -- default config, no other call
+  user path, bf16  the same with MODEL.EFFICIENTPS.INFERENCE_DTYPE bfloat16
+Outputs of each variant are compared with the plain model's (same panoptic ids, semantic logits)
+in a separate child process.
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 
 import torch
 from common import (
@@ -31,36 +35,52 @@ from common import (
     peak_rss_mb,
     print_table,
 )
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+
+from efficientps.modeling import configure_inference
 
 DETECTIONS = 50
-VARIANTS = ["plain", "+roialign", "+fold", "+cl"]
+VARIANTS = ["plain", "user path", "user path, bf16"]
 
 
-def model_for(kind, fast_roi_align=True):
-    if kind == "efficientps":
-        cfg = efficientps_cfg(
-            opts=[
-                "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-                "TEST.DETECTIONS_PER_IMAGE", str(DETECTIONS),
-                "MODEL.EFFICIENTPS.FUSION_SCORE_THRESH", "0.0",
-                "MODEL.EFFICIENTPS.FAST_CPU_ROI_ALIGN", str(fast_roi_align),
-            ]
-        )  # fmt: skip
-    else:
-        cfg = panoptic_fpn_r50_cfg()
-        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
-        cfg.TEST.DETECTIONS_PER_IMAGE = DETECTIONS
-        cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = 0.0
+def efficientps_variant_cfg(variant):
+    opts = [
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+        "TEST.DETECTIONS_PER_IMAGE", str(DETECTIONS),
+        "MODEL.EFFICIENTPS.FUSION_SCORE_THRESH", "0.0",
+    ]  # fmt: skip
+    if variant == "plain":
+        opts += ["MODEL.EFFICIENTPS.FAST_CPU_ROI_ALIGN", "False"]
+    if variant.endswith("bf16"):
+        opts += ["MODEL.EFFICIENTPS.INFERENCE_DTYPE", "bfloat16"]
+    return efficientps_cfg(opts=opts)
+
+
+def panoptic_fpn_model():
+    cfg = panoptic_fpn_r50_cfg()
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.TEST.DETECTIONS_PER_IMAGE = DETECTIONS
+    cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = 0.0
     return build(cfg)
 
 
-def apply_variant(model, variant):
-    """The optimisations up to and including ``variant`` (ROIAlign is chosen at build time)."""
-    level = VARIANTS.index(variant)
-    if level >= VARIANTS.index("+fold"):
-        model.prepare_for_inference()
-    if level >= VARIANTS.index("+cl"):
-        model.to(memory_format=torch.channels_last)
+def build_variant(kind, variant):
+    """The model as ``variant`` runs it, with the seeded weights every variant shares."""
+    if kind != "efficientps":
+        return panoptic_fpn_model()
+    cfg = efficientps_variant_cfg(variant)
+    if variant == "plain":
+        model = build(cfg)
+        configure_inference(model, fold_norm=False, channels_last_devices=())
+        return model
+    # The user path: the weights come from a checkpoint file, loaded into a fresh model.
+    with tempfile.TemporaryDirectory() as tmp:
+        DetectionCheckpointer(build(cfg), save_dir=tmp).save("weights")
+        torch.manual_seed(1)  # other initial weights: the file must replace them
+        model = build_model(cfg)
+        DetectionCheckpointer(model).load(os.path.join(tmp, "weights.pth"))
+    model.eval()
     return model
 
 
@@ -70,20 +90,11 @@ def make_inputs(height, width):
     return [{"image": image, "height": height, "width": width}]
 
 
-def build_variant(kind, variant):
-    """The model with the optimisations up to ``variant``.
-
-    ``build`` seeds the initialisation, so every variant has the plain model's weights (the
-    check worker compares their outputs) and only one model is ever in the process's memory.
-    """
-    return apply_variant(model_for(kind, fast_roi_align=variant != "plain"), variant)
-
-
 def timing_worker(kind, variant, height, width, runs):
     """Latency and peak RSS of one variant alone in this process."""
     inputs = make_inputs(height, width)
     model = build_variant(kind, variant)
-    with torch.inference_mode():
+    with torch.no_grad():
         seconds, times = median_seconds(lambda: model(inputs), runs=runs)
     return {"seconds": seconds, "times": times, "peak_rss_mb": peak_rss_mb()}
 
@@ -91,12 +102,17 @@ def timing_worker(kind, variant, height, width, runs):
 def check_worker(kind, variant, height, width):
     """Outputs of the variant against the plain model (its own process: memory not counted)."""
     inputs = make_inputs(height, width)
-    with torch.inference_mode():
+    with torch.no_grad():
         reference = build_variant(kind, "plain")(inputs)[0]
         output = build_variant(kind, variant)(inputs)[0]
     same = torch.equal(reference["panoptic_seg"][0], output["panoptic_seg"][0])
     difference = float((reference["sem_seg"] - output["sem_seg"]).abs().max())
-    return {"same_panoptic": bool(same), "sem_logit_diff": difference}
+    differing = reference["panoptic_seg"][0] != output["panoptic_seg"][0]
+    return {
+        "same_panoptic": bool(same),
+        "sem_logit_diff": difference,
+        "pixels": float(differing.float().mean()),
+    }
 
 
 def run_child(kind, variant, size, runs, mode="time"):
@@ -138,8 +154,12 @@ def main(argv=None):
         for name, r, check in results:
             note = ""
             if check:
-                note = (f"panoptic {'identical' if check['same_panoptic'] else 'DIFFERS'}, "
-                        f"logits max |diff| {check['sem_logit_diff']:.1e}")  # fmt: skip
+                panoptic = (
+                    "identical"
+                    if check["same_panoptic"]
+                    else (f"{100 * check['pixels']:.2f}% of pixels differ")
+                )
+                note = f"panoptic {panoptic}, logits max |diff| {check['sem_logit_diff']:.1e}"
             rows.append(
                 (size, name, f"{r['seconds']:.2f}", f"{r['seconds'] / baseline['seconds']:.2f}",
                  f"{r['peak_rss_mb']:.0f}", f"{r['peak_rss_mb'] / baseline['peak_rss_mb']:.2f}",

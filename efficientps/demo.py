@@ -54,7 +54,7 @@ class PanopticPredictor:
         self.cfg = cfg
         self.model = build_model(cfg)
         load_weights_or_fail(AtomicCheckpointer(self.model), cfg.MODEL.WEIGHTS)
-        self.model.prepare_for_inference()
+        self.model.eval()
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
         dataset = (cfg.DATASETS.TEST or cfg.DATASETS.TRAIN)[0]

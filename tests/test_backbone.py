@@ -10,7 +10,7 @@ from detectron2.utils.events import EventStorage
 from efficientnet_pytorch import EfficientNet as ReferenceEfficientNet
 
 from efficientps import add_efficientps_config
-from efficientps.modeling import fold_batchnorm
+from efficientps.modeling import configure_inference
 from efficientps.modeling.backbone import EfficientNet, TwoWayFPN
 
 from .helpers import stock_mask_rcnn_cfg, synthetic_instances
@@ -188,13 +188,14 @@ def test_folded_batchnorm_gives_the_same_outputs():
     with torch.no_grad():  # move BN statistics away from identity
         backbone.train()(torch.rand(2, 3, 128, 160) * 3)
     backbone.eval()
-    folded = copy.deepcopy(backbone)
+    plain = copy.deepcopy(backbone)
     batchnorms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
-    assert fold_batchnorm(folded) == batchnorms > 60
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    # Every BN follows a ConvNormAct: the standalone backbone folds all of them by default.
+    assert configure_inference(plain, fold_norm=False, channels_last_devices=()) == batchnorms
+    assert batchnorms > 60
     image = torch.rand(1, 3, 160, 224)
     with torch.no_grad():
-        expected, got = backbone(image), folded(image)
+        expected, got = plain(image), backbone(image)
     for level in expected:
         torch.testing.assert_close(got[level], expected[level], atol=1e-4, rtol=1e-4)
 
@@ -208,8 +209,7 @@ def test_inference_padding_before_expansion_gives_the_same_outputs(size, fold, m
     with torch.no_grad():
         backbone.train()(torch.rand(2, 3, 96, 128) * 3)  # BN statistics away from identity
     backbone.eval()
-    if fold:
-        fold_batchnorm(backbone)
+    configure_inference(backbone, fold_norm=fold)
     image = torch.rand(1, 3, *size)
     strided = [b for b in backbone.modules() if hasattr(b, "_expand_padded")]
     assert sum(b.depthwise.stride[0] > 1 for b in strided) == 4

@@ -17,6 +17,7 @@ from efficientps.demo import UnreadableInputError
 from efficientps.demo import main as demo_main
 from efficientps.demo_pipeline import overview_sheet
 from efficientps.evaluation import read_panoptic_png
+from efficientps.modeling import configure_inference
 
 from .helpers import CONFIGS
 
@@ -137,10 +138,10 @@ def test_optimised_inference_gives_the_plain_panoptic_output():
     randomise_batchnorm(model)
     image = torch.randint(0, 256, (3, 75, 131), generator=torch.Generator().manual_seed(1))
     inputs = [{"image": image.float(), "height": 75, "width": 131}]
+    configure_inference(model, fold_norm=False, channels_last_devices=())
     with torch.inference_mode():
         plain = model(inputs)[0]
-    model.prepare_for_inference()  # BatchNorm folded into the convs
-    model.to(memory_format=torch.channels_last)
+    configure_inference(model)  # the default: BatchNorm folded, channels_last on the CPU
     with torch.inference_mode():
         fast = model(inputs)[0]
     assert len(plain["instances"]) > 0

@@ -10,7 +10,7 @@ from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 from torch.nn import functional as F
 
-from efficientps.modeling import InPlaceABN, convert_to_inplace_abn, fold_batchnorm
+from efficientps.modeling import InPlaceABN, configure_inference, convert_to_inplace_abn
 from efficientps.modeling.layers import SeparableConv2d, conv_norm_act
 
 
@@ -127,11 +127,13 @@ def test_conversion_leaves_what_it_cannot_invert_and_folding_keeps_the_activatio
     convert_to_inplace_abn(model)
     model.eval()
     x = torch.randn(1, 8, 16, 16)
+    assert configure_inference(model, fold_norm=False) == 4
     with torch.no_grad():
         expected = model(x)
-        assert fold_batchnorm(model) == 4
-        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
-    assert isinstance(model[0].activation, nn.LeakyReLU)
+        configure_inference(model, fold_norm=True)
+        folded = model(x)
+    torch.testing.assert_close(folded, expected, atol=1e-5, rtol=1e-5)
+    assert isinstance(model[0].norm, InPlaceABN) and model[0].activation is None
 
 
 def _sync_worker(rank, init_file, x, grad, state, results):

@@ -2,6 +2,12 @@
 
 from . import backbone, heads, meta_arch  # noqa: F401  (registers the components)
 from .inplace_abn import InPlaceABN, convert_to_inplace_abn
-from .layers import SeparableConv2d, fold_batchnorm
+from .layers import ConvNormAct, SeparableConv2d, configure_inference
 
-__all__ = ["InPlaceABN", "SeparableConv2d", "convert_to_inplace_abn", "fold_batchnorm"]
+__all__ = [
+    "ConvNormAct",
+    "InPlaceABN",
+    "SeparableConv2d",
+    "configure_inference",
+    "convert_to_inplace_abn",
+]

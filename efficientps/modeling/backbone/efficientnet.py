@@ -102,9 +102,13 @@ class MBConvBlock(nn.Module):
 
     def _pad_before_expand(self):
         # Per-pixel norms only (eval BN, FrozenBN, folded): the padded border must not change
-        # batch or group statistics.
+        # batch or group statistics. Autograd off: the border is cleared in place.
         norm = self.expand.norm
-        return not self.training and not isinstance(norm, (nn.GroupNorm, nn.SyncBatchNorm))
+        return (
+            not self.training
+            and not torch.is_grad_enabled()
+            and not isinstance(norm, (nn.GroupNorm, nn.SyncBatchNorm))
+        )
 
     def _expand_padded(self, x):
         """expand -> stride-2 depthwise, with TF 'SAME' padding done on the narrow input.

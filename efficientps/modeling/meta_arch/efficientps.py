@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from ...class_tables import PanopticClassTables
 from ..heads.instance_head import select_class_mask_logits
 from ..inplace_abn import convert_to_inplace_abn
-from ..layers import fold_batchnorm
+from ..layers import configure_inference
 from .learned_fusion import LearnedPanopticFusion
 from .mask_paste import BoxMaskLogits
 from .panoptic_fusion import fuse_panoptic
@@ -28,6 +28,7 @@ from .panoptic_fusion import fuse_panoptic
 logger = logging.getLogger(__name__)
 
 FUSIONS = ("paper", "learned")
+INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @META_ARCH_REGISTRY.register()
@@ -59,7 +60,30 @@ class EfficientPS(nn.Module):
         fusion_loss_weight=1.0,
         fusion_loss_scale=0.25,
         inplace_abn=False,
+        inference_fold_bn=True,
+        inference_channels_last_devices=("cpu",),
+        inference_dtype="float32",
     ):
+        """
+        Args:
+            backbone, sem_seg_head, proposal_generator, roi_heads: the built components
+                (detectron2 Backbone, EfficientPSSemSegHead, RPN, EfficientPSROIHeads).
+            pixel_mean, pixel_std: per-channel input normalisation, in the input's channel order.
+            class_tables: semantic channels of the stuff and thing classes.
+            fusion: "paper" (Sec. 3.5) or "learned" (trainable affine maps of the mask logits).
+            fusion_score_thresh, fusion_overlap_thresh: the fusion's confidence and overlap
+                thresholds; fusion_stuff_area: smallest stuff segment in pixels at
+                ``fusion_stuff_area_reference`` (HxW), scaled with the output area.
+            fusion_mask_logit_scale: multiplies the mask logits before fusing (authors' code: 4).
+            fusion_loss_weight, fusion_loss_scale: the learned fusion's loss weight and the
+                fraction of the input size it is computed at.
+            inplace_abn: swap BN + LeakyReLU for in-place activated BN (training memory).
+            inference_fold_bn: at inference (eval, autograd off) run every conv + BatchNorm as
+                one conv with cached folded weights (``layers.ConvNormAct``).
+            inference_channels_last_devices: device types whose inference runs channels_last.
+            inference_dtype: "float32", or "bfloat16"/"float16" to run backbone and heads under
+                autocast at inference (the fusion always runs in float32).
+        """
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"MODEL.EFFICIENTPS.FUSION={fusion!r}; expected one of {FUSIONS}")
@@ -98,6 +122,17 @@ class EfficientPS(nn.Module):
         if inplace_abn:
             converted = convert_to_inplace_abn(self)
             logger.info(f"In-place activated BN (iABN) in {converted} conv layers")
+        if inference_dtype not in INFERENCE_DTYPES:
+            raise ValueError(
+                f"MODEL.EFFICIENTPS.INFERENCE_DTYPE={inference_dtype!r}; expected one of "
+                f"{sorted(INFERENCE_DTYPES)}"
+            )
+        self.inference_dtype = INFERENCE_DTYPES[inference_dtype]
+        configure_inference(
+            self,
+            fold_norm=inference_fold_bn,
+            channels_last_devices=inference_channels_last_devices,
+        )
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -122,6 +157,9 @@ class EfficientPS(nn.Module):
             "fusion_loss_weight": ecfg.FUSION_LOSS_WEIGHT,
             "fusion_loss_scale": ecfg.FUSION_LOSS_SCALE,
             "inplace_abn": ecfg.INPLACE_ABN,
+            "inference_fold_bn": ecfg.INFERENCE_FOLD_BN,
+            "inference_channels_last_devices": ecfg.INFERENCE_CHANNELS_LAST_DEVICES,
+            "inference_dtype": ecfg.INFERENCE_DTYPE,
         }
         parameters = sum(
             p.numel() for m in model.values() if isinstance(m, nn.Module) for p in m.parameters()
@@ -142,14 +180,31 @@ class EfficientPS(nn.Module):
         return ImageList.from_tensors(images, self.backbone.size_divisibility)
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
-        """detectron2's model interface; see the class docstring for what comes back."""
-        images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
-        if not self.training:
-            heads = self.run_heads(images, features)
-            del features  # the pyramid is not needed for postprocessing: lower peak memory
-            return self.postprocess(batched_inputs, images, *heads)
+        """Losses in training, predictions at inference.
 
+        Args:
+            batched_inputs: detectron2's list of dicts, one per image: "image" (C, H, W) in
+                the config's INPUT.FORMAT; for training "sem_seg" (H, W) and "instances"
+                (gt_boxes, gt_classes, gt_masks); optional "height"/"width" of the output.
+
+        Returns:
+            Training: dict of weighted losses (semantic, RPN, ROI, learned fusion if on).
+            Inference: per image {"sem_seg": (C, H, W) logits, "instances": detections with
+            ``pred_mask_logits``, "panoptic_seg": (ids (H, W), segments_info)}, at the
+            input's "height"/"width". In eval mode without autograd the convs run with folded
+            BatchNorm (``layers.ConvNormAct``); the outputs equal the plain path's to float
+            rounding.
+        """
+        images = self.preprocess_image(batched_inputs)
+        if not self.training:
+            with self.inference_autocast():
+                features = self.backbone(images.tensor)
+                sem_logits, detections = self.run_heads(images, features)
+            del features  # the pyramid is not needed for postprocessing: lower peak memory
+            sem_logits, detections = _as_float32(sem_logits, detections)
+            return self.postprocess(batched_inputs, images, sem_logits, detections)
+
+        features = self.backbone(images.tensor)
         sem_targets = ImageList.from_tensors(
             [x["sem_seg"].to(self.device) for x in batched_inputs],
             self.backbone.size_divisibility,
@@ -250,10 +305,20 @@ class EfficientPS(nn.Module):
                 segment["instance_index"] = detection_index[segment["instance_index"]]
         return panoptic, segments
 
-    @torch.no_grad()
-    def prepare_for_inference(self):
-        """Switch to eval and fold BatchNorm into the convs (inference only, irreversible)."""
-        self.eval()
-        folded = fold_batchnorm(self)
-        logger.info(f"Folded {folded} BatchNorm layers into their convs for inference")
-        return self
+    def inference_autocast(self):
+        """Autocast to MODEL.EFFICIENTPS.INFERENCE_DTYPE around backbone and heads (or nothing)."""
+        dtype = self.inference_dtype
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def _as_float32(sem_logits, detections):
+    """Semantic logits and every floating-point detection field in float32 (after autocast)."""
+    if sem_logits.dtype == torch.float32:
+        return sem_logits, detections
+    for instances in detections:
+        for name, value in instances.get_fields().items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                instances.set(name, value.float())
+            elif hasattr(value, "tensor") and value.tensor.is_floating_point():  # Boxes
+                instances.set(name, type(value)(value.tensor.float()))
+    return sem_logits.float(), detections
