@@ -19,15 +19,13 @@ import numpy as np
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.data import transforms as T
-from detectron2.modeling import build_model
+from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
 from .class_tables import PanopticClassTables
 from .config import add_efficientps_config
-from .engine.checkpoint import AtomicCheckpointer
-from .engine.setup import load_weights_or_fail
+from .engine.setup import check_weights_fit, read_checkpoint
 from .evaluation import write_panoptic_png
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -47,26 +45,16 @@ def setup_cfg(config_file, opts=()):
     return cfg
 
 
-class PanopticPredictor:
-    """One RGB/BGR image (H, W, 3 uint8) in, the model's output dict out (original size)."""
+class PanopticPredictor(DefaultPredictor):
+    """detectron2's DefaultPredictor (build, eval, load, resize, BGR/RGB, no_grad) for
+    EfficientPS: the weights file is checked before it is loaded, and the metadata falls back
+    to the first training dataset when the config lists no test set."""
 
     def __init__(self, cfg):
-        self.cfg = cfg
-        self.model = build_model(cfg)
-        load_weights_or_fail(AtomicCheckpointer(self.model), cfg.MODEL.WEIGHTS)
-        self.model.eval()
-        self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-        self.input_format = cfg.INPUT.FORMAT
-        dataset = (cfg.DATASETS.TEST or cfg.DATASETS.TRAIN)[0]
-        self.metadata = MetadataCatalog.get(dataset)
-
-    @torch.inference_mode()
-    def __call__(self, image_bgr):
-        image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
-        height, width = image.shape[:2]
-        resized = self.resize.get_transform(image).apply_image(image)
-        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
-        return self.model([{"image": tensor, "height": height, "width": width}])[0]
+        weights = read_checkpoint(cfg.MODEL.WEIGHTS)  # a clear error for a missing/wrong file
+        super().__init__(cfg)
+        check_weights_fit(self.model, weights, cfg.MODEL.WEIGHTS)
+        self.metadata = MetadataCatalog.get((cfg.DATASETS.TEST or cfg.DATASETS.TRAIN)[0])
 
 
 def expand_inputs(patterns):

@@ -1,5 +1,6 @@
 """train_net.py: in-process training + eval-only, crash-safe resume, 2 CPU processes."""
 
+import argparse
 import json
 import os
 import signal
@@ -86,7 +87,13 @@ def test_train_then_eval_only_in_process(datasets_root, tmp_path):
 
     bad = tmp_path / "not_a_checkpoint.pth"
     bad.write_bytes(b"garbage")
-    for path, message in ((bad, "cannot read"), (tmp_path / "missing.pth", "no file")):
+    pickled = tmp_path / "pickled_object.pth"  # unpickling it would construct any object
+    torch.save({"model": {}, "args": argparse.Namespace(lr=1)}, pickled)
+    for path, message in (
+        (bad, "cannot read"),
+        (tmp_path / "missing.pth", "no file"),
+        (pickled, "arbitrary code .* refused"),
+    ):
         args = train_net.parse_args(
             ["--config-file", DEMO_CONFIG, "--eval-only", *common, "MODEL.WEIGHTS", str(path)]
         )

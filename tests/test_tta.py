@@ -57,3 +57,17 @@ def test_multi_scale_and_flip_average_back_to_the_input_size():
     assert out["instances"].image_size == (64, 128)
     assert len(out["instances"]) <= 20
     assert set(panoptic.unique().tolist()) - {0} == {s["id"] for s in segments}
+
+
+def test_flip_averages_the_semantic_logits_of_the_image_and_its_flipped_back_mirror():
+    cfg = demo_cfg(flip=True)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    image = inputs()
+    mirrored = [dict(image[0], image=image[0]["image"].flip(-1))]
+    with torch.no_grad():
+        straight = model(image)[0]["sem_seg"]
+        flipped_back = model(mirrored)[0]["sem_seg"].flip(-1)
+        tta = EfficientPSWithTTA(cfg, model)(image)[0]
+    assert not torch.allclose(straight, flipped_back)  # random weights: not flip-invariant
+    torch.testing.assert_close(tta["sem_seg"], (straight + flipped_back) / 2)

@@ -1,7 +1,8 @@
-"""Training machinery: CPU/GPU launch, crash-safe checkpoints, a resumable sampler."""
+"""Training machinery: CPU/GPU launch, crash-safe checkpoints, a resumable sampler, the trainer."""
 
 from .checkpoint import AtomicCheckpointer
 from .launch import launch
 from .sampler import ResumableTrainingSampler
+from .trainer import EfficientPSTrainer
 
-__all__ = ["AtomicCheckpointer", "ResumableTrainingSampler", "launch"]
+__all__ = ["AtomicCheckpointer", "EfficientPSTrainer", "ResumableTrainingSampler", "launch"]

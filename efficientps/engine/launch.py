@@ -1,8 +1,8 @@
 """Launching N training processes, on GPUs (detectron2's launch) or on the CPU (gloo).
 
 detectron2 v0.6's launch asserts CUDA for more than one process; current main supports CPU but
-not in every release users have. On the CPU we therefore spawn the gloo workers ourselves and
-set up detectron2's local process group the way its own launcher does.
+not in every release users have. On the CPU we therefore spawn the gloo workers ourselves (and
+create detectron2's local process group where its public helper exists).
 """
 
 import logging
@@ -25,15 +25,12 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _set_local_process_group(num_processes_per_machine, machine_rank, world_size):
-    if hasattr(comm, "create_local_process_group"):  # detectron2 main
+def _set_local_process_group(num_processes_per_machine):
+    # detectron2 main has a public helper; v0.6 has none, and on the CPU nothing of v0.6 needs
+    # the local group (only its GPU DDP wrapper asks for the local rank, and GPUs go through
+    # detectron2's own launch).
+    if hasattr(comm, "create_local_process_group"):
         comm.create_local_process_group(num_processes_per_machine)
-        return
-    for i in range(world_size // num_processes_per_machine):
-        ranks = list(range(i * num_processes_per_machine, (i + 1) * num_processes_per_machine))
-        group = dist.new_group(ranks)
-        if i == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = group
 
 
 def _cpu_worker(local_rank, main_func, world_size, per_machine, machine_rank, dist_url, args):
@@ -45,7 +42,7 @@ def _cpu_worker(local_rank, main_func, world_size, per_machine, machine_rank, di
         rank=rank,
         timeout=DEFAULT_TIMEOUT,
     )
-    _set_local_process_group(per_machine, machine_rank, world_size)
+    _set_local_process_group(per_machine)
     comm.synchronize()
     try:
         main_func(*args)

@@ -2,6 +2,10 @@
 
 import logging
 import os
+import pickle
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
 
 logger = logging.getLogger(__name__)
 
@@ -29,23 +33,56 @@ def cpu_safe_norms(cfg, world_size):
     return cfg
 
 
-def load_weights_or_fail(checkpointer, path):
-    """Load MODEL.WEIGHTS for evaluation, failing clearly on a missing or unrelated file."""
+def read_checkpoint(path):
+    """The state dict of a checkpoint file, read without unpickling arbitrary objects.
+
+    Accepts detectron2/efficientps checkpoints ({"model": state_dict, ...}) and bare state
+    dicts. Files are untrusted: ``torch.load(weights_only=True)`` allows tensors and plain
+    containers only, so a file that needs other objects is refused, not executed.
+    """
     if not path:
-        raise ValueError("--eval-only needs trained weights: set MODEL.WEIGHTS /path/to/model.pth")
+        raise ValueError("MODEL.WEIGHTS is empty: set MODEL.WEIGHTS /path/to/model.pth")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MODEL.WEIGHTS: no file {path!r}")
     try:
-        checkpoint = checkpointer._load_file(path)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # damaged or not a checkpoint at all
+            message = f"MODEL.WEIGHTS: cannot read {path!r} as a torch checkpoint: {e}"
+            raise ValueError(message) from e
+        raise ValueError(
+            f"MODEL.WEIGHTS: {path!r} holds objects other than tensors and plain containers, "
+            "and loading it would run arbitrary code from the file; this is refused. Re-save "
+            "its state dict with torch.save({'model': model.state_dict()}, path) where you "
+            f"trust it. ({e})"
+        ) from e
     except Exception as e:
-        raise ValueError(f"MODEL.WEIGHTS: cannot read {path!r} as a checkpoint: {e}") from e
+        raise ValueError(f"MODEL.WEIGHTS: cannot read {path!r} as a torch checkpoint: {e}") from e
     weights = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
-    expected = set(checkpointer.model.state_dict())
-    found = set(weights or {}) & expected
+    if not isinstance(weights, dict):
+        raise ValueError(f"MODEL.WEIGHTS: {path!r} holds no state dict (a {type(checkpoint)})")
+    return weights
+
+
+def load_weights_or_fail(model, path, save_dir=""):
+    """Load MODEL.WEIGHTS into ``model`` for inference, failing clearly on a wrong file.
+
+    The file is checked first (``read_checkpoint``; at least half of the model's tensors must
+    be in it), then loaded by detectron2's DetectionCheckpointer, which reports missing and
+    unexpected keys and skips tensors of the wrong shape.
+    """
+    weights = read_checkpoint(path)
+    check_weights_fit(model, weights, path)
+    DetectionCheckpointer(model, save_dir=save_dir).load(path, checkpointables=[])
+
+
+def check_weights_fit(model, weights, path):
+    """Fail unless ``weights`` hold at least half of ``model``'s tensors (else: wrong file)."""
+    expected = set(model.state_dict())
+    found = set(weights) & expected
     if len(found) < len(expected) // 2:
         raise ValueError(
             f"MODEL.WEIGHTS: {path!r} holds {len(found)} of the model's {len(expected)} tensors; "
             "it is not a checkpoint of this model (wrong config or file?)"
         )
-    checkpointer._load_model(checkpoint)
-    logger.info(f"Loaded {len(found)}/{len(expected)} tensors from {path}")
+    logger.info(f"{path}: {len(found)}/{len(expected)} of the model's tensors")

@@ -18,8 +18,8 @@ from detectron2.modeling import (
     StandardROIHeads,
 )
 from detectron2.modeling.anchor_generator import build_anchor_generator
-from detectron2.modeling.roi_heads.mask_head import BaseMaskRCNNHead, mask_rcnn_inference
-from detectron2.structures import Instances
+from detectron2.modeling.roi_heads.mask_head import BaseMaskRCNNHead
+from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from ..layers import build_activation, conv_or_separable
@@ -183,11 +183,10 @@ class EfficientPSMaskHead(BaseMaskRCNNHead, nn.Sequential):
         return x
 
 
-def select_class_mask_logits(mask_logits, instances):
-    """(R, C, h, w) per-class logits -> (R, 1, h, w) logits of each detection's class."""
+def select_class_mask_logits(mask_logits, classes):
+    """(R, C, h, w) per-class logits and (R,) classes -> (R, 1, h, w) logits of each class."""
     if mask_logits.shape[1] == 1:
         return mask_logits
-    classes = cat([i.pred_classes for i in instances])
     return mask_logits[torch.arange(len(classes), device=classes.device), classes][:, None]
 
 
@@ -215,18 +214,33 @@ class EfficientPSROIHeads(StandardROIHeads):
         ret["fast_cpu_roi_align"] = cfg.MODEL.EFFICIENTPS.FAST_CPU_ROI_ALIGN
         return ret
 
+    def predict_boxes(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
+        """Detections (boxes, scores, classes) without masks, per image (test-time augmentation
+        merges them across copies before asking for masks)."""
+        return self._forward_box(features, proposals)
+
+    def mask_logits_for_boxes(
+        self,
+        features: Dict[str, torch.Tensor],
+        boxes: List[Boxes],
+        classes: List[torch.Tensor],
+    ) -> List[torch.Tensor]:
+        """Mask logits (R_i, 1, M, M) of each box's class, per image.
+
+        The one path from boxes to mask logits: inference, test-time augmentation and the
+        learned fusion's loss (on ground-truth boxes) all use it.
+        """
+        pooled = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
+        selected = select_class_mask_logits(self.mask_head.layers(pooled), cat(classes))
+        return list(selected.split([len(b) for b in boxes]))
+
     def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
         if self.training or not self.mask_on:
             return super()._forward_mask(features, instances)
-        if self.mask_pooler is not None:
-            pooled = self.mask_pooler(
-                [features[f] for f in self.mask_in_features], [x.pred_boxes for x in instances]
-            )
-        else:
-            pooled = {f: features[f] for f in self.mask_in_features}
-        mask_logits = self.mask_head.layers(pooled)
-        mask_rcnn_inference(mask_logits, instances)
-        selected = select_class_mask_logits(mask_logits, instances)
-        for logits, inst in zip(selected.split([len(i) for i in instances]), instances):
-            inst.pred_mask_logits = logits
+        logits = self.mask_logits_for_boxes(
+            features, [x.pred_boxes for x in instances], [x.pred_classes for x in instances]
+        )
+        for mask_logits, inst in zip(logits, instances):
+            inst.pred_mask_logits = mask_logits
+            inst.pred_masks = mask_logits.sigmoid()  # detectron2's mask_rcnn_inference
         return instances

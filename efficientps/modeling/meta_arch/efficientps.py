@@ -18,7 +18,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...class_tables import PanopticClassTables
-from ..heads.instance_head import select_class_mask_logits
 from ..inplace_abn import convert_to_inplace_abn
 from ..layers import configure_inference
 from .learned_fusion import LearnedPanopticFusion
@@ -223,14 +222,9 @@ class EfficientPS(nn.Module):
         return losses
 
     def _learned_fusion_loss(self, features, sem_logits, sem_targets, gt_instances):
-        roi = self.roi_heads
-        pooled = roi.mask_pooler(
-            [features[f] for f in roi.mask_in_features], [x.gt_boxes for x in gt_instances]
+        mask_logits = self.roi_heads.mask_logits_for_boxes(
+            features, [x.gt_boxes for x in gt_instances], [x.gt_classes for x in gt_instances]
         )
-        mask_logits = roi.mask_head.layers(pooled)
-        for x in gt_instances:
-            x.pred_classes = x.gt_classes
-        selected = select_class_mask_logits(mask_logits, gt_instances)[:, 0]
         height, width = sem_targets.shape[-2:]
         targets = []
         for sem, inst in zip(sem_targets, gt_instances):
@@ -241,7 +235,7 @@ class EfficientPS(nn.Module):
             targets.append({"sem_seg": sem, "instances": padded})
         return self.learned_fusion.loss(
             sem_logits,
-            selected.split([len(x) for x in gt_instances]),
+            [logits[:, 0] for logits in mask_logits],
             targets,
             stuff_channels=self.class_tables.stuff_channels,
             thing_channels=self.class_tables.thing_channels,

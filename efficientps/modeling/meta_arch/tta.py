@@ -16,8 +16,6 @@ from detectron2.modeling.test_time_augmentation import DatasetMapperTTA
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
-from ..heads.instance_head import select_class_mask_logits
-
 
 def _is_flipped(transforms):
     return any(isinstance(t, HFlipTransform) for t in transforms.transforms)
@@ -49,15 +47,16 @@ class EfficientPSWithTTA(nn.Module):
             transforms = augmented.pop("transforms")
             flipped = _is_flipped(transforms)
             images = model.preprocess_image([augmented])
-            features = model.backbone(images.tensor)
-            sem_logits, _ = model.sem_seg_head(features)
-            sem = sem_seg_postprocess(sem_logits[0], images.image_sizes[0], height, width)
+            with model.inference_autocast():  # MODEL.EFFICIENTPS.INFERENCE_DTYPE
+                features = model.backbone(images.tensor)
+                sem_logits, _ = model.sem_seg_head(features)
+                proposals, _ = model.proposal_generator(images, features, None)
+                detections = model.roi_heads.predict_boxes(features, proposals)[0]
+            sem = sem_seg_postprocess(sem_logits[0].float(), images.image_sizes[0], height, width)
             sem_sum = sem_sum + (sem.flip(-1) if flipped else sem)
-            proposals, _ = model.proposal_generator(images, features, None)
-            detections = model.roi_heads._forward_box(features, proposals)[0]
             original = transforms.inverse().apply_box(detections.pred_boxes.tensor.cpu().numpy())
             boxes.append(torch.as_tensor(original, dtype=torch.float32, device=sem.device))
-            scores.append(detections.scores)
+            scores.append(detections.scores.float())
             classes.append(detections.pred_classes)
             copies.append((features, images.image_sizes[0], transforms, flipped))
 
@@ -81,17 +80,14 @@ class EfficientPSWithTTA(nn.Module):
         return merged
 
     def _average_mask_logits(self, merged, copies):
-        roi_heads = self.model.roi_heads
         total = None
-        for features, image_size, transforms, flipped in copies:
+        for features, _, transforms, flipped in copies:
             boxes = transforms.apply_box(merged.pred_boxes.tensor.cpu().numpy())
-            in_copy = Instances(image_size)
-            in_copy.pred_boxes = Boxes(torch.as_tensor(boxes, device=merged.scores.device))
-            in_copy.pred_classes = merged.pred_classes
-            pooled = roi_heads.mask_pooler(
-                [features[f] for f in roi_heads.mask_in_features], [in_copy.pred_boxes]
-            )
-            logits = select_class_mask_logits(roi_heads.mask_head.layers(pooled), [in_copy])
+            boxes = Boxes(torch.as_tensor(boxes, device=merged.scores.device))
+            with self.model.inference_autocast():
+                logits = self.model.roi_heads.mask_logits_for_boxes(
+                    features, [boxes], [merged.pred_classes]
+                )[0].float()
             logits = logits.flip(-1) if flipped else logits
             total = logits if total is None else total + logits
         return total / len(copies)

@@ -1,0 +1,160 @@
+"""EfficientPS' trainer: detectron2's DefaultTrainer with CPU-capable DDP, crash-safe
+checkpoints that always hold the optimizer, a data stream that resumes where it stopped, and
+EfficientPS' loaders, evaluator and test-time augmentation.
+
+Built on detectron2's public API only, so that it behaves the same on v0.6 and on main.
+"""
+
+import logging
+import os
+import weakref
+from collections import OrderedDict
+
+from detectron2.data import (
+    DatasetCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    hooks,
+)
+from detectron2.utils import comm
+
+from ..data import EfficientPSPanopticMapper
+from ..evaluation import build_evaluator
+from ..modeling.meta_arch import EfficientPSWithTTA
+from .checkpoint import AtomicCheckpointer
+from .sampler import ResumableTrainingSampler
+
+logger = logging.getLogger("efficientps")
+
+
+class StartsOnFirstBatch:
+    """An iterable whose iterator starts its source at the first ``next()``, not at ``iter()``.
+
+    detectron2 v0.6's SimpleTrainer calls ``iter(data_loader)`` in its constructor, which
+    starts the loader's workers and its sampler from position 0 before ``--resume`` can tell
+    the sampler where the checkpoint left the data stream; main starts it lazily.
+    """
+
+    def __init__(self, iterable):
+        self.iterable = iterable
+
+    def __iter__(self):
+        return _DeferredIterator(self.iterable)
+
+    def __len__(self):
+        return len(self.iterable)
+
+
+class _DeferredIterator:
+    def __init__(self, iterable):
+        self.iterable = iterable
+        self.iterator = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.iterator is None:
+            self.iterator = iter(self.iterable)
+        return next(self.iterator)
+
+
+class EfficientPSTrainer(DefaultTrainer):
+    """DefaultTrainer for EfficientPS on GPUs and CPUs, v0.6 and main alike.
+
+    Differences from DefaultTrainer, each for a reason:
+    - DDP: on the CPU (gloo) the model is wrapped without ``device_ids`` (DefaultTrainer passes
+      the local rank, which DDP rejects for CPU modules).
+    - Checkpoints are written atomically and hold the optimizer and the LR scheduler on every
+      detectron2 version (v0.6's DefaultTrainer checkpoint leaves out SGD momentum).
+    - The data stream resumes at the checkpoint's position (ResumableTrainingSampler).
+    """
+
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__ with the differences above; its other methods are inherited.
+        TrainerBase.__init__(self)
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        ddp_options = {"broadcast_buffers": False}
+        if next(model.parameters()).device.type == "cpu":
+            ddp_options["device_ids"] = None
+        model = create_ddp_model(model, **ddp_options)
+        trainer_class = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_class(model, StartsOnFirstBatch(data_loader), optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        hook_list = super().build_hooks()
+        if self.cfg.TEST.AUG.ENABLED:  # after the plain evaluation, at the end of training
+            hook_list.append(hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model)))
+        return hook_list
+
+    def state_dict(self):
+        state = TrainerBase.state_dict(self)  # iteration and the hooks' states
+        state["_trainer"] = self._trainer.state_dict()  # the optimizer (SGD momentum)
+        state["scheduler"] = self.scheduler.state_dict()
+        return state
+
+    def load_state_dict(self, state):
+        TrainerBase.load_state_dict(self, state)
+        self._trainer.load_state_dict(state["_trainer"])
+        if "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        # The data stream continues where the checkpoint left it (not from its start); the
+        # loader starts at the first batch, after this.
+        self.train_sampler.start = self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH
+
+    def build_train_loader(self, cfg):
+        dataset = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])
+        for name in cfg.DATASETS.TRAIN[1:]:
+            dataset = dataset + DatasetCatalog.get(name)
+        self.train_sampler = ResumableTrainingSampler(len(dataset), seed=cfg.SEED)
+        return build_detection_train_loader(
+            dataset,
+            mapper=EfficientPSPanopticMapper(cfg, is_train=True),
+            sampler=self.train_sampler,
+            total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+            aspect_ratio_grouping=False,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=EfficientPSPanopticMapper(cfg, is_train=False)
+        )
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        logger.info("Evaluating with test-time augmentation (multi-scale + flip)")
+        model = EfficientPSWithTTA(cfg, model)
+        evaluators = [
+            cls.build_evaluator(
+                cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name)
+            )
+            for name in cfg.DATASETS.TEST
+        ]
+        results = cls.test(cfg, model, evaluators)
+        return OrderedDict((k + "_TTA", v) for k, v in results.items())
