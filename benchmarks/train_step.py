@@ -6,8 +6,11 @@
 Seconds per training iteration (forward, backward, SGD step) at batch 1 with a crop of --size,
 and the peak RSS of the process, for both models with random weights, 19 classes, the same
 synthetic targets (stuff regions and 6 instances). Each model runs in its own child process.
-EfficientPS runs twice: with BatchNorm + LeakyReLU, and with in-place activated BN (iABN, the
-paper's and our default, MODEL.EFFICIENTPS.INPLACE_ABN), which gives the same function.
+EfficientPS runs three times: with BatchNorm + LeakyReLU; with in-place activated BN (iABN, the
+paper's and our default, MODEL.EFFICIENTPS.INPLACE_ABN), which gives the same function; and with
+iABN plus activation checkpointing of every backbone block, the 2-way FPN and the semantic head
+(MODEL.{EFFICIENTNET,TWO_WAY_FPN,SEM_SEG_HEAD}.ACTIVATION_CHECKPOINTING), which gives the same
+gradients.
 """
 
 import argparse
@@ -53,13 +56,24 @@ MODELS = {
     "panoptic_fpn": "Panoptic FPN R50",
     "efficientps_bn": "EfficientPS-b5, BN + LeakyReLU",
     "efficientps_iabn": "EfficientPS-b5, iABN (default)",
+    "efficientps_iabn_ckpt": "EfficientPS-b5, iABN + activation checkpointing",
 }
 
 
 def worker(kind, height, width, runs):
     if kind.startswith("efficientps"):
-        inplace_abn = str(kind == "efficientps_iabn")
-        model = build(efficientps_cfg(opts=["MODEL.EFFICIENTPS.INPLACE_ABN", inplace_abn]))
+        inplace_abn = str(kind.startswith("efficientps_iabn"))
+        checkpointing = str(kind.endswith("_ckpt"))
+        model = build(
+            efficientps_cfg(
+                opts=[
+                    "MODEL.EFFICIENTPS.INPLACE_ABN", inplace_abn,
+                    "MODEL.EFFICIENTNET.ACTIVATION_CHECKPOINTING", checkpointing,
+                    "MODEL.TWO_WAY_FPN.ACTIVATION_CHECKPOINTING", checkpointing,
+                    "MODEL.SEM_SEG_HEAD.ACTIVATION_CHECKPOINTING", checkpointing,
+                ]
+            )
+        )  # fmt: skip
         inputs = batch(height, width, 19, thing_offset=11)
     else:
         cfg = panoptic_fpn_r50_cfg()

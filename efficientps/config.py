@@ -38,6 +38,10 @@ def _add_backbone_config(cfg):
     cfg.MODEL.EFFICIENTNET.WEIGHTS = ""
     # Drop-connect (stochastic depth) rate of the MBConv blocks; efficientnet-pytorch's default.
     cfg.MODEL.EFFICIENTNET.DROP_CONNECT_RATE = 0.2
+    # Activation checkpointing of every MBConv block in training: only block inputs are kept
+    # for backward, the blocks run again during backward (less memory for more time; the same
+    # gradients and BN statistics).
+    cfg.MODEL.EFFICIENTNET.ACTIVATION_CHECKPOINTING = False
 
     cfg.MODEL.TWO_WAY_FPN = CN()
     cfg.MODEL.TWO_WAY_FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
@@ -50,6 +54,9 @@ def _add_backbone_config(cfg):
     cfg.MODEL.TWO_WAY_FPN.SEPARABLE = True
     # "" (the paper: p2..p5 only) or "maxpool" (adds p6 for stock RPN configs that expect it).
     cfg.MODEL.TWO_WAY_FPN.TOP_BLOCK = ""
+    # Activation checkpointing of the two paths and output convs in training (as the
+    # backbone's key: less memory, more time, the same gradients and BN statistics).
+    cfg.MODEL.TWO_WAY_FPN.ACTIVATION_CHECKPOINTING = False
 
 
 def _add_head_config(cfg):
@@ -60,6 +67,8 @@ def _add_head_config(cfg):
     cfg.MODEL.SEM_SEG_HEAD.DPC_DILATIONS = [[1, 6], [1, 1], [6, 21], [18, 15], [6, 3]]
     # Fraction of the hardest pixels (per image) whose cross entropy is averaged; 1.0 = plain CE.
     cfg.MODEL.SEM_SEG_HEAD.HARD_PIXEL_FRACTION = 0.25
+    # Activation checkpointing of the head's layers (up to the 1/4 logits) in training.
+    cfg.MODEL.SEM_SEG_HEAD.ACTIVATION_CHECKPOINTING = False
 
     # RPN head: 3x3 conv separable (False matches the paper's parameter count), optional norm.
     cfg.MODEL.RPN.SEPARABLE = False

@@ -78,6 +78,18 @@ def install_from_source(src):
     run([sys.executable, "-m", "pip", "install", "--no-build-isolation", str(src)])
 
 
+def ensure_pkg_resources():
+    """detectron2's model_zoo imports pkg_resources, which setuptools >= 81 no longer ships.
+
+    The registry snapshot is patched instead; a source checkout is the user's code, left as it
+    is, so the environment gets a setuptools that still has pkg_resources.
+    """
+    probe = subprocess.run([sys.executable, "-c", "import pkg_resources"], capture_output=True)
+    if probe.returncode != 0:
+        log("detectron2's model_zoo needs pkg_resources (setuptools < 81): installing it")
+        run([sys.executable, "-m", "pip", "install", "setuptools<81"])
+
+
 def replace_once(path, old, new):
     text = path.read_text()
     if old not in text:
@@ -158,6 +170,7 @@ def main():
             log(f"detectron2 from DETECTRON2_SRC is already installed ({installed_at}); kept")
         else:
             install_from_source(args.src)
+        ensure_pkg_resources()
     elif installed_at is not None and not missing:
         log(f"detectron2 already importable from {installed_at}; kept")
         return

@@ -16,6 +16,7 @@ from efficientnet_pytorch.utils import get_model_params, round_filters, round_re
 from torch import nn
 from torch.nn import functional as F
 
+from ..checkpointing import checkpointed, checkpointing_active
 from ..layers import SamePadConv2d, build_activation, build_norm, same_pad
 
 logger = logging.getLogger(__name__)
@@ -167,7 +168,20 @@ class EfficientNet(Backbone):
         out_features=("res2", "res3", "res4", "res5"),
         drop_connect_rate=0.2,
         freeze_at=0,
+        activation_checkpointing=False,
     ):
+        """
+        Args:
+            name: "efficientnet-b0" .. "efficientnet-b7".
+            se: keep the squeeze-and-excitation blocks (the paper removes them).
+            norm, activation: after every conv (layers.NORMS, layers.ACTIVATIONS).
+            out_features: taps among res2..res5 (strides 4..32).
+            drop_connect_rate: stochastic depth of the last block (linear in block index).
+            freeze_at: freeze the stem (1) and stages res2..res{freeze_at}.
+            activation_checkpointing: in training, keep only each block's input for backward
+                and recompute the block then (less memory, one more backbone forward in time;
+                exact: see ``modeling.checkpointing``).
+        """
         super().__init__()
         unknown = set(out_features) - set(TAP_STRIDES)
         if unknown:
@@ -216,6 +230,7 @@ class EfficientNet(Backbone):
             self.stage_names.append(tap)
             if tap == max(out_features, key=lambda t: TAP_STRIDES[t]):
                 break
+        self.activation_checkpointing = activation_checkpointing
         self._out_features = list(out_features)
         self._out_feature_strides = {t: TAP_STRIDES[t] for t in out_features}
         self._out_feature_channels = {t: channels[t] for t in out_features}
@@ -226,8 +241,14 @@ class EfficientNet(Backbone):
             raise ValueError(f"EfficientNet expects (N, 3, H, W) images, got {tuple(x.shape)}")
         outputs = {}
         x = self.stem(x)
+        checkpointing = checkpointing_active(self.activation_checkpointing, self)
         for tap in self.stage_names:
-            x = getattr(self, tap)(x)
+            stage = getattr(self, tap)
+            if checkpointing:
+                for block in stage:
+                    x = checkpointed(block, x)
+            else:
+                x = stage(x)
             if tap in self._out_features:
                 outputs[tap] = x
         return outputs
@@ -348,6 +369,7 @@ def build_efficientnet_backbone(cfg, input_shape=None):
         activation=ecfg.ACTIVATION,
         out_features=ecfg.OUT_FEATURES,
         drop_connect_rate=ecfg.DROP_CONNECT_RATE,
+        activation_checkpointing=ecfg.ACTIVATION_CHECKPOINTING,
     )
     if ecfg.WEIGHTS:
         backbone.load_efficientnet_pytorch_weights(ecfg.WEIGHTS)

@@ -11,6 +11,7 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from torch import nn
 from torch.nn import functional as F
 
+from ..checkpointing import checkpointed, checkpointing_active
 from ..layers import conv_norm_act, conv_or_separable
 from .efficientnet import build_efficientnet_backbone
 
@@ -28,6 +29,7 @@ class TwoWayFPN(Backbone):
         activation="leaky_relu",
         separable=True,
         top_block=None,
+        activation_checkpointing=False,
     ):
         """
         Args:
@@ -36,6 +38,8 @@ class TwoWayFPN(Backbone):
                 code).
             top_block (nn.Module or None): e.g. LastLevelMaxPool, applied to the coarsest output
                 to add p6 for stock RPN configs.
+            activation_checkpointing (bool): in training, keep only the bottom-up maps for
+                backward and run the two paths again then (``modeling.checkpointing``).
         """
         super().__init__()
         self.bottom_up = bottom_up
@@ -60,6 +64,7 @@ class TwoWayFPN(Backbone):
             for _ in self.in_features
         )
         self.top_block = top_block
+        self.activation_checkpointing = activation_checkpointing
 
         levels = [f"p{int(s).bit_length() - 1}" for s in strides]  # stride 4 -> p2
         self._out_feature_strides = dict(zip(levels, strides))
@@ -77,6 +82,17 @@ class TwoWayFPN(Backbone):
         features = self.bottom_up(x)
         inputs = [features[f] for f in self.in_features]
         del features
+        if checkpointing_active(self.activation_checkpointing, self):
+            outputs = checkpointed(self, *inputs, function=self._two_way_paths)
+        else:
+            outputs = self._two_way_paths(*inputs)
+        if self.top_block is not None:
+            outputs.extend(self.top_block(outputs[-1]))
+        return dict(zip(self._out_features, outputs))
+
+    def _two_way_paths(self, *inputs):
+        """Top-down and bottom-up paths summed per level, then the output convs (finest first)."""
+        inputs = list(inputs)
         # Memory: the finest level's maps are the largest tensors of the model (256 channels at
         # 1/4), so each is released as soon as it has been used and sums are taken in place
         # into freshly resized copies (nearest resizing and addition need no saved outputs in
@@ -102,10 +118,7 @@ class TwoWayFPN(Backbone):
             top_down[i] = bottom_up = None
             # Popped from a list so the output conv holds the only reference to the sum.
             outputs.append(self.output_convs[i](summed.pop()))
-
-        if self.top_block is not None:
-            outputs.extend(self.top_block(outputs[-1]))
-        return dict(zip(self._out_features, outputs))
+        return outputs
 
     def output_shape(self):
         return {
@@ -144,6 +157,7 @@ def build_efficientnet_2wayfpn_backbone(cfg, input_shape=None):
         activation=fcfg.ACTIVATION,
         separable=fcfg.SEPARABLE,
         top_block=top_block() if top_block is not None else None,
+        activation_checkpointing=fcfg.ACTIVATION_CHECKPOINTING,
     )
 
 

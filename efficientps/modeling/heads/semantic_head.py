@@ -14,6 +14,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
+from ..checkpointing import checkpointed, checkpointing_active
 from ..layers import SeparableConv2d, conv_norm_act
 
 PAPER_DPC_DILATIONS = ((1, 6), (1, 1), (6, 21), (18, 15), (6, 3))
@@ -126,7 +127,22 @@ class EfficientPSSemSegHead(nn.Module):
         ignore_value=255,
         loss_weight=1.0,
         hard_pixel_fraction=0.25,
+        activation_checkpointing=False,
     ):
+        """
+        Args:
+            input_shape: ShapeSpec of each feature level.
+            num_classes: semantic classes (stuff and thing).
+            in_features: the four levels, finest (1/4) first.
+            conv_dims: channels of LSFE, DPC outputs and MC (128 in the paper).
+            norm, activation: after every conv (layers.NORMS, layers.ACTIVATIONS).
+            dpc_dilations: five (row, col) dilations of the DPC branches.
+            ignore_value: label excluded from the loss.
+            loss_weight: multiplies the semantic loss.
+            hard_pixel_fraction: fraction of the hardest pixels whose loss counts (1.0: all).
+            activation_checkpointing: in training, keep only the input levels for backward
+                and run the head again then (``modeling.checkpointing``).
+        """
         super().__init__()
         if len(in_features) != 4:
             raise ValueError(f"EfficientPS' semantic head takes 4 levels, got {in_features}")
@@ -147,6 +163,7 @@ class EfficientPSSemSegHead(nn.Module):
         self.ignore_value = ignore_value
         self.loss_weight = loss_weight
         self.hard_pixel_fraction = hard_pixel_fraction
+        self.activation_checkpointing = activation_checkpointing
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -162,6 +179,7 @@ class EfficientPSSemSegHead(nn.Module):
             "ignore_value": hcfg.IGNORE_VALUE,
             "loss_weight": hcfg.LOSS_WEIGHT,
             "hard_pixel_fraction": hcfg.HARD_PIXEL_FRACTION,
+            "activation_checkpointing": hcfg.ACTIVATION_CHECKPOINTING,
         }
 
     def layers(self, features):
@@ -173,6 +191,9 @@ class EfficientPSSemSegHead(nn.Module):
         l8 = self.lsfe_8(p8) + m8
         l4 = self.lsfe_4(p4) + self.mc_8_to_4(l8, p4.shape[-2:])
         return self._predict_concat([l4, l8, d16, d32])
+
+    def _layers_of_levels(self, *levels):
+        return self.layers(dict(zip(self.in_features, levels)))
 
     def _predict_concat(self, levels):
         """The 1x1 classifier over cat([l4, up(l8), up(d16), up(d32)]), without the concat.
@@ -191,7 +212,11 @@ class EfficientPSSemSegHead(nn.Module):
         return logits
 
     def forward(self, features, targets=None):
-        logits = self.layers(features)
+        if checkpointing_active(self.activation_checkpointing, self):
+            levels = [features[f] for f in self.in_features]
+            logits = checkpointed(self, *levels, function=self._layers_of_levels)
+        else:
+            logits = self.layers(features)
         logits = F.interpolate(
             logits, scale_factor=self.common_stride, mode="bilinear", align_corners=False
         )
