@@ -98,6 +98,10 @@ def _add_model_config(cfg):
     cfg.MODEL.EFFICIENTPS.FUSION_STUFF_AREA_REFERENCE = [1024, 2048]
     # The authors' code multiplies mask logits by 4 before fusing; the paper does not (1.0).
     cfg.MODEL.EFFICIENTPS.FUSION_MASK_LOGIT_SCALE = 1.0
+    # Which pixels an instance's fused logits compete for: "argmax" (the paper: argmax over
+    # [stuff logits, FL of every kept instance] wherever its pasted mask logits are non-zero)
+    # or "owner" (only the pixels its mask took in the overlap filter).
+    cfg.MODEL.EFFICIENTPS.FUSION_PIXEL_RULE = "argmax"
     # Loss weight of the learned fusion's panoptic cross entropy.
     cfg.MODEL.EFFICIENTPS.FUSION_LOSS_WEIGHT = 1.0
     # The learned fusion's loss is computed at this fraction of the input size (memory).

@@ -52,10 +52,11 @@ def segment_of(panoptic, segments, y, x):
 
 def test_fused_logit_formula():
     a, b = torch.tensor([2.0, -2.0, 2.0]), torch.tensor([1.0, -1.0, -3.0])
-    expected = (torch.sigmoid(a) + torch.sigmoid(b)) * (a + b)
-    torch.testing.assert_close(fused_instance_logits(a, b), expected)
-    # Agreement amplifies (|FL| > |a + b|), disagreement attenuates.
-    assert fused_instance_logits(a, b)[0] > 3.0 and fused_instance_logits(a, b)[2] > -1.0
+    # Values by hand: (sigmoid(a) + sigmoid(b)) * (a + b).
+    # (0.8807971 + 0.7310586) * 3 = 4.8355670; (0.1192029 + 0.2689414) * -3 = -1.1644330;
+    # (0.8807971 + 0.0474259) * -1 = -0.9282230.
+    expected = torch.tensor([4.8355670, -1.1644330, -0.9282230])
+    torch.testing.assert_close(fused_instance_logits(a, b), expected, atol=1e-6, rtol=0)
 
 
 def test_instance_and_stuff_with_class_zero_not_special():
@@ -243,3 +244,85 @@ def test_channel_argmax_equals_argmax_with_ties_to_the_first_channel():
     assert torch.equal(channel_argmax(logits), logits.argmax(dim=0))
     assert (channel_argmax(logits)[:10] == 1).all() and (channel_argmax(logits)[20] == 0).all()
     assert torch.equal(channel_argmax(logits[:1]), torch.zeros(31, 45, dtype=torch.int64))
+
+
+# ---- the paper's pixel rule (argmax over stuff logits and every kept instance's FL) ----------
+
+
+def test_pixel_with_slightly_negative_mask_logit_goes_to_the_instance_when_its_fl_wins():
+    box = (2, 2, 6, 6)
+    sem = semantic(car_box=box, car_logit=6.0)
+    sem[0] = -1.0  # weak stuff: road -1, sky 1 at (3, 3)
+    sem[1] = -1.0
+    mask = instance(box)
+    mask[3, 3] = -0.5  # not in the binary mask, but ML_A + ML_B = 5.5 > every stuff logit
+    panoptic, segments = fuse(sem, [mask], [box], [0.9])
+    assert segment_of(panoptic, segments, 3, 3)["isthing"]
+    panoptic, segments = fuse(sem, [mask], [box], [0.9], pixel_rule="owner")
+    assert panoptic[3, 3] == 0  # owner rule: nobody's, and a thing class -> void
+
+
+def test_a_kept_instance_wins_the_pixels_where_its_fused_logit_is_higher():
+    first, second = (0, 0, 6, 4), (4, 0, 10, 4)  # overlap: columns 4-5 (8 of 24 px: kept)
+    sem = semantic(car_box=(0, 0, 10, 8))
+    masks = [instance(first, logit=0.5), instance(second, logit=5.0)]
+    panoptic, segments = fuse(sem, masks, [first, second], [0.9, 0.8])
+    assert segment_of(panoptic, segments, 1, 4)["instance_index"] == 1  # higher FL
+    assert segment_of(panoptic, segments, 1, 1)["instance_index"] == 0
+    panoptic, segments = fuse(sem, masks, [first, second], [0.9, 0.8], pixel_rule="owner")
+    assert segment_of(panoptic, segments, 1, 4)["instance_index"] == 0  # taken first
+
+
+def test_no_fl_where_the_paste_is_zero_even_if_all_stuff_logits_are_negative():
+    box = (2, 2, 4, 4)
+    sem = torch.full((3, H, W), -3.0)  # every stuff logit negative everywhere
+    sem[0, :, 5:] = -2.0  # road is the best stuff on the right
+    sem[2, 2:4, 2:4] = 2.0
+    panoptic, segments = fuse(sem, [instance(box)], [box], [0.9])
+    car = segment_of(panoptic, segments, 3, 3)
+    assert car["isthing"] and car["area"] == 4  # FL = 0 outside would have taken all 80 px
+    assert segment_of(panoptic, segments, 0, 8)["category_id"] == 0
+
+
+def test_the_paste_margin_beyond_the_box_competes():
+    # 28x28 logits pasted into a box 56 px wide: bilinear weights reach half a cell (1 px)
+    # beyond it, so pixel columns 9 and 66 (centres 9.5, 66.5) get non-zero logits although
+    # the box spans x 10..66 and touches columns 10..65 only.
+    width = 100
+    logits = torch.full((1, 28, 28), 6.0)
+    boxes = torch.tensor([[10.0, 0.0, 66.0, 8.0]])
+    pasted = BoxMaskLogits(logits[:, None], boxes, H, width)
+    ys, xs = pasted.window(0)
+    assert (xs.start, xs.stop) == (9, 67) and (ys.start, ys.stop) == (0, 8)
+    row = pasted.crop(0, slice(4, 5), slice(0, width))[0]
+    assert row[9] > 0 and row[66] > 0 and row[8] == 0 and row[67] == 0
+    sem = torch.zeros(3, H, width)
+    sem[0] = 1.0  # road 1 everywhere; car channel 0: ML_B = 0 at columns 9 and 66
+    panoptic, segments = fuse_panoptic(
+        sem, pasted, boxes, torch.zeros(1, dtype=torch.int64), torch.tensor([0.9]),
+        stuff_channels=STUFF, thing_channels=THINGS, stuff_area=0,
+    )  # fmt: skip
+    # Column 9: ML_A = 6 * 0.5 (half the weight reaches) -> FL = (0.95 + 0.5) * 3 > 1.
+    assert segment_of(panoptic, segments, 4, 9)["isthing"]
+    assert segment_of(panoptic, segments, 4, 66)["isthing"]
+    assert not segment_of(panoptic, segments, 4, 8)["isthing"]
+
+
+def test_learned_fusion_weights_enter_as_affine_maps_of_ml_a_and_ml_b():
+    box = (2, 2, 6, 6)
+    sem = semantic(car_box=box, car_logit=1.0)  # stuff at (3, 3): road 2.0
+    # Identity weights: FL = (sigmoid(1) + sigmoid(1)) * 2 = 2.92 > 2 -> car.
+    _, segments = fuse(sem, [instance(box, logit=1.0)], [box], [0.9])
+    assert any(s["isthing"] for s in segments)
+    # w_a = 0.5, b_a = 0, w_b = 1, b_b = -1: ML_A 0.5, ML_B 0 -> FL = (0.6225 + 0.5) * 0.5
+    # = 0.56 < 2 -> road.
+    weights = torch.tensor([[0.5, 0.0, 1.0, -1.0]])
+    panoptic, segments = fuse(
+        sem, [instance(box, logit=1.0)], [box], [0.9], instance_weights=weights
+    )
+    assert not any(s["isthing"] for s in segments)
+    assert segment_of(panoptic, segments, 3, 3)["category_id"] == 0
+    # w_a = 3, b_a = 1: ML_A 4, ML_B 1 -> FL = (0.982 + 0.731) * 5 = 8.6 -> car, 16 px.
+    weights = torch.tensor([[3.0, 1.0, 1.0, 0.0]])
+    _, segments = fuse(sem, [instance(box, logit=1.0)], [box], [0.9], instance_weights=weights)
+    assert [s["area"] for s in segments if s["isthing"]] == [16]

@@ -29,6 +29,7 @@ from ..data import EfficientPSPanopticMapper
 from ..evaluation import build_evaluator
 from ..modeling.meta_arch import EfficientPSWithTTA
 from .checkpoint import AtomicCheckpointer
+from .optimizer import build_optimizer
 from .sampler import ResumableTrainingSampler
 
 logger = logging.getLogger("efficientps")
@@ -75,6 +76,8 @@ class EfficientPSTrainer(DefaultTrainer):
     - Checkpoints are written atomically and hold the optimizer and the LR scheduler on every
       detectron2 version (v0.6's DefaultTrainer checkpoint leaves out SGD momentum).
     - The data stream resumes at the checkpoint's position (ResumableTrainingSampler).
+    - SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model" clips the norm of all gradients together
+      (the paper's clipping; ``engine.optimizer``).
     """
 
     def __init__(self, cfg):
@@ -120,6 +123,11 @@ class EfficientPSTrainer(DefaultTrainer):
         # The data stream continues where the checkpoint left it (not from its start); the
         # loader starts at the first batch, after this.
         self.train_sampler.start = self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        # SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model": the paper's global-norm clipping.
+        return build_optimizer(cfg, model)
 
     def build_train_loader(self, cfg):
         dataset = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])

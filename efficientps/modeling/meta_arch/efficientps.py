@@ -22,7 +22,7 @@ from ..inplace_abn import convert_to_inplace_abn
 from ..layers import configure_inference
 from .learned_fusion import LearnedPanopticFusion
 from .mask_paste import BoxMaskLogits
-from .panoptic_fusion import fuse_panoptic
+from .panoptic_fusion import PIXEL_RULES, fuse_panoptic
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class EfficientPS(nn.Module):
         fusion_stuff_area=2048,
         fusion_stuff_area_reference=(1024, 2048),
         fusion_mask_logit_scale=1.0,
+        fusion_pixel_rule="argmax",
         fusion_loss_weight=1.0,
         fusion_loss_scale=0.25,
         inplace_abn=False,
@@ -74,6 +75,8 @@ class EfficientPS(nn.Module):
                 thresholds; fusion_stuff_area: smallest stuff segment in pixels at
                 ``fusion_stuff_area_reference`` (HxW), scaled with the output area.
             fusion_mask_logit_scale: multiplies the mask logits before fusing (authors' code: 4).
+            fusion_pixel_rule: "argmax" (paper: every kept instance competes wherever its paste
+                reaches) or "owner" (only on the pixels the overlap filter gave it).
             fusion_loss_weight, fusion_loss_scale: the learned fusion's loss weight and the
                 fraction of the input size it is computed at.
             inplace_abn: swap BN + LeakyReLU for in-place activated BN (training memory).
@@ -118,6 +121,12 @@ class EfficientPS(nn.Module):
         self.fusion_stuff_area = fusion_stuff_area
         self.fusion_stuff_area_reference = tuple(fusion_stuff_area_reference)
         self.fusion_mask_logit_scale = fusion_mask_logit_scale
+        if fusion_pixel_rule not in PIXEL_RULES:
+            raise ValueError(
+                f"MODEL.EFFICIENTPS.FUSION_PIXEL_RULE={fusion_pixel_rule!r}; expected one of "
+                f"{PIXEL_RULES}"
+            )
+        self.fusion_pixel_rule = fusion_pixel_rule
         if inplace_abn:
             converted = convert_to_inplace_abn(self)
             logger.info(f"In-place activated BN (iABN) in {converted} conv layers")
@@ -153,6 +162,7 @@ class EfficientPS(nn.Module):
             "fusion_stuff_area": ecfg.FUSION_STUFF_AREA,
             "fusion_stuff_area_reference": ecfg.FUSION_STUFF_AREA_REFERENCE,
             "fusion_mask_logit_scale": ecfg.FUSION_MASK_LOGIT_SCALE,
+            "fusion_pixel_rule": ecfg.FUSION_PIXEL_RULE,
             "fusion_loss_weight": ecfg.FUSION_LOSS_WEIGHT,
             "fusion_loss_scale": ecfg.FUSION_LOSS_SCALE,
             "inplace_abn": ecfg.INPLACE_ABN,
@@ -273,7 +283,7 @@ class EfficientPS(nn.Module):
         height, width = sem_logits.shape[-2:]
         confident = detections.scores >= self.fusion_score_thresh
         kept = detections[confident]
-        # Pasted where the fusion reads them (box crops, owned pixels), never as (N, H, W) maps.
+        # Pasted where the fusion reads them (each paste's window), never as (N, H, W) maps.
         mask_logits = BoxMaskLogits(kept.pred_mask_logits, kept.pred_boxes.tensor, height, width)
         ref_h, ref_w = self.fusion_stuff_area_reference
         instance_weights = None
@@ -292,6 +302,7 @@ class EfficientPS(nn.Module):
             stuff_area=self.fusion_stuff_area * (height * width) / (ref_h * ref_w),
             mask_logit_scale=self.fusion_mask_logit_scale,
             instance_weights=instance_weights,
+            pixel_rule=self.fusion_pixel_rule,
         )
         detection_index = torch.nonzero(confident).flatten().tolist()
         for segment in segments:

@@ -39,7 +39,7 @@ def _box_slices(box, height, width):
 
 
 class _DenseMaskLogits:
-    """An (N, H, W) tensor behind the ``crop``/``at`` interface of ``BoxMaskLogits``."""
+    """An (N, H, W) tensor behind the ``window``/``crop``/``at`` interface of ``BoxMaskLogits``."""
 
     def __init__(self, tensor):
         self.tensor = tensor
@@ -47,6 +47,13 @@ class _DenseMaskLogits:
 
     def __len__(self):
         return len(self.tensor)
+
+    def window(self, row):
+        """The bounding slices of the non-zero logits of detection ``row``."""
+        ys, xs = torch.nonzero(self.tensor[row], as_tuple=True)
+        if len(ys) == 0:
+            return slice(0, 0), slice(0, 0)
+        return slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1)
 
     def crop(self, row, ys, xs):
         return self.tensor[row, ys, xs]
@@ -56,36 +63,32 @@ class _DenseMaskLogits:
 
 
 def _mask_source(mask_logits):
-    """``crop``/``at`` access to (N, H, W) tensors; BoxMaskLogits (or a wrapped one) as is."""
+    """``window``/``crop``/``at`` access to (N, H, W) tensors; BoxMaskLogits as it is."""
     return _DenseMaskLogits(mask_logits) if isinstance(mask_logits, torch.Tensor) else mask_logits
 
 
-def overlap_filter(mask_logits, boxes, overlap_thresh, order=None):
+PIXEL_RULES = ("argmax", "owner")
+
+
+def overlap_filter(mask_logits, overlap_thresh, order=None):
     """Greedy overlap filter over detections sorted by confidence (highest first).
 
     An instance whose binary mask (sigmoid > 0.5, i.e. logit > 0) has more than
-    ``overlap_thresh`` of its pixels already taken is dropped; otherwise the taken pixels are
-    removed from its mask and the rest become taken.
-
-    ``mask_logits``: (N, H, W) tensor or ``BoxMaskLogits``. ``order`` (K,) visits
-    ``mask_logits[order[k]]`` / ``boxes[order[k]]`` as instance k without copying the (N, H, W)
-    maps into that order; None is 0..N-1.
+    ``overlap_thresh`` of its pixels already taken is dropped; otherwise its free pixels become
+    taken. ``mask_logits``: (N, H, W) tensor or ``BoxMaskLogits``. ``order`` (K,) visits
+    detection ``order[k]`` as instance k; None is 0..N-1.
 
     Returns:
-        owner: (H, W) int64 index k of the instance owning each pixel, -1 for none.
+        owner: (H, W) int64 index k of the instance that took each pixel, -1 for none.
         kept: (K,) bool.
     """
     source = _mask_source(mask_logits)
     _, height, width = source.shape
-    device = boxes.device
-    order = torch.arange(len(source), device=device) if order is None else order
-    n = len(order)
-    owner = torch.full((height, width), -1, dtype=torch.int64, device=device)
-    kept = torch.zeros(n, dtype=torch.bool, device=device)
-    for i in range(n):
-        # The mask is 0 (sigmoid 0.5, not > 0.5) outside the box: only the box crop can change.
-        row = int(order[i])
-        ys, xs = _box_slices(boxes[row], height, width)
+    order = torch.arange(len(source)) if order is None else order
+    owner = torch.full((height, width), -1, dtype=torch.int64, device=order.device)
+    kept = torch.zeros(len(order), dtype=torch.bool, device=order.device)
+    for i, row in enumerate(order.tolist()):
+        ys, xs = source.window(row)  # the paste is 0 elsewhere: sigmoid 0.5, not > 0.5
         mask = source.crop(row, ys, xs) > 0
         area = int(mask.sum())
         if area == 0:
@@ -113,13 +116,14 @@ def fuse_panoptic(
     stuff_area=2048,
     mask_logit_scale=1.0,
     instance_weights=None,
+    pixel_rule="argmax",
 ):
     """Fuse semantic logits and instance mask logits into a panoptic map (paper Sec. 3.5).
 
     Args:
         sem_logits: (C, H, W) semantic logits over all classes.
-        mask_logits: (N, H, W) full-image mask logits of the detections, 0 outside their box,
-            or a ``BoxMaskLogits`` giving the same values without materialising them.
+        mask_logits: (N, H, W) full-image pasted mask logits of the detections (0 where the
+            paste does not reach), or a ``BoxMaskLogits`` giving the same values lazily.
         boxes: (N, 4) boxes (x0, y0, x1, y1) in pixels. classes: (N,) thing indices.
         scores: (N,) confidences.
         stuff_channels / thing_channels: semantic channel of stuff class k / thing class j.
@@ -128,56 +132,147 @@ def fuse_panoptic(
         mask_logit_scale: ML_A multiplier (the authors' code uses 4; the paper 1).
         instance_weights: optional (N, 4) per-detection [w_a, b_a, w_b, b_b] applied as
             w * ML + b to ML_A and ML_B (the learned fusion); None is the paper's fusion.
+        pixel_rule: "argmax" (the paper): every kept instance's fused logits compete with the
+            stuff logits wherever its paste is non-zero; "owner": an instance competes only
+            on the pixels the overlap filter gave it.
 
     Returns:
         panoptic: (H, W) int32, 0 = void, segment ids from 1.
         segments_info: list of {"id", "category_id" (semantic channel), "isthing", "area",
             and "score", "instance_index" (row in the inputs) for things}.
     """
-    num_channels, height, width = sem_logits.shape
+    if pixel_rule not in PIXEL_RULES:
+        raise ValueError(f"pixel_rule={pixel_rule!r}; expected one of {PIXEL_RULES}")
     device = sem_logits.device
     stuff_channels = torch.as_tensor(list(stuff_channels), dtype=torch.int64, device=device)
     thing_channels = torch.as_tensor(list(thing_channels), dtype=torch.int64, device=device)
-    is_thing_channel = torch.zeros(num_channels, dtype=torch.bool, device=device)
-    is_thing_channel[thing_channels] = True
-
-    # 1. Confident instances, highest score first (stable: ties keep detection order).
-    candidates = torch.nonzero(scores >= score_thresh).flatten()
-    order = candidates[torch.sort(scores[candidates], descending=True, stable=True).indices]
-    # 2. Overlap filter on binary masks.
-    mask_logits = _mask_source(mask_logits)
-    owner, kept = overlap_filter(mask_logits, boxes, overlap_thresh, order=order)
-
-    # 3.-5. Fused logits of the owning instance against the best stuff logit, per pixel.
-    instance_wins = torch.zeros(height, width, dtype=torch.bool, device=device)
-    covered = owner >= 0
-    if covered.any():
-        detection = order[owner[covered]]
-        ys, xs = torch.nonzero(covered, as_tuple=True)
-        ml_a = mask_logits.at(detection, ys, xs) * mask_logit_scale
-        # ML_B is the class's semantic channel inside the box; owned pixels are in the box.
-        ml_b = sem_logits[thing_channels[classes[detection]], ys, xs]
-        if instance_weights is not None:
-            w = instance_weights[detection]
-            ml_a, ml_b = w[:, 0] * ml_a + w[:, 1], w[:, 2] * ml_b + w[:, 3]
-        best_stuff = torch.full_like(ml_b, float("-inf"))
-        for channel in stuff_channels.tolist():  # a running max: no (stuff, pixels) copy
-            torch.maximum(best_stuff, sem_logits[channel, ys, xs], out=best_stuff)
-        # Stuff channels come first in the stack: argmax gives ties to stuff.
-        instance_wins[ys, xs] = fused_instance_logits(ml_a, ml_b) > best_stuff
-    owner = torch.where(instance_wins, owner, torch.full_like(owner, -1))
-
-    # 6. Stuff from the semantic prediction where no instance won and the class is not a thing.
-    semantic = channel_argmax(sem_logits)
-    stuff_map = torch.where(
-        instance_wins | is_thing_channel[semantic], torch.full_like(semantic, -1), semantic
+    instances = _FusionInstances(
+        _mask_source(mask_logits), boxes, thing_channels[classes], scores, score_thresh
     )
-    stuff_areas = torch.bincount(stuff_map[stuff_map >= 0], minlength=num_channels)
+    # 1.-2. Confident instances, highest score first; the overlap filter drops instances.
+    owner, kept = overlap_filter(instances.masks, overlap_thresh, order=instances.order)
+    # 3.-5. Which kept instance (if any) wins each pixel over the stuff logits.
+    fused = _FusedLogits(sem_logits, mask_logit_scale, instance_weights)
+    if pixel_rule == "argmax":
+        winner = _argmax_winner(fused, instances, kept, stuff_channels)
+    else:
+        winner = _owner_winner(fused, instances, owner, stuff_channels)
+    # 6.-7. Stuff where no instance won and the semantic class is not a thing; assemble.
+    stuff_map = _stuff_map(sem_logits, winner >= 0, thing_channels)
+    return _assemble(winner, kept, stuff_map, instances, stuff_channels, stuff_area)
 
-    # 7. Assemble with lookup tables (one gather per map, no per-segment pass over the image).
-    # Thing pixels without a surviving instance stay void (0).
+
+class _FusionInstances:
+    """The detections' mask source, boxes, semantic channels and scores; ``order`` lists the
+    confident ones by score, highest first (stable: ties keep detection order)."""
+
+    def __init__(self, masks, boxes, channels, scores, score_thresh):
+        self.masks, self.boxes, self.channels, self.scores = masks, boxes, channels, scores
+        candidates = torch.nonzero(scores >= score_thresh).flatten()
+        self.order = candidates[torch.sort(scores[candidates], descending=True, stable=True)[1]]
+
+
+class _FusedLogits:
+    """FL of one detection from its ML_A and the semantic logits (ML_B)."""
+
+    def __init__(self, sem_logits, mask_logit_scale, instance_weights):
+        self.sem_logits = sem_logits
+        self.scale = mask_logit_scale
+        self.weights = instance_weights
+
+    def __call__(self, detection, ml_a, ml_b):
+        ml_a = ml_a * self.scale
+        if self.weights is not None:
+            w = self.weights[detection]
+            ml_a, ml_b = w[0] * ml_a + w[1], w[2] * ml_b + w[3]
+        return fused_instance_logits(ml_a, ml_b)
+
+
+def _best_stuff_logit(sem_logits, stuff_channels):
+    """(H, W) running maximum over the stuff channels (no (stuff, H, W) copy)."""
+    best = torch.full_like(sem_logits[0], float("-inf"))
+    for channel in stuff_channels.tolist():
+        torch.maximum(best, sem_logits[channel], out=best)
+    return best
+
+
+def _argmax_winner(fused, instances, kept, stuff_channels):
+    """argmax over [stuff logits, FL_1..FL_K] per pixel, as a running maximum.
+
+    Stuff channels come first and instances follow in score order, so ties go to stuff, then
+    to the higher-scoring instance. Returns (H, W) int64: the winning instance k, or -1.
+    """
+    sem_logits = fused.sem_logits
+    height, width = sem_logits.shape[-2:]
+    best = _best_stuff_logit(sem_logits, stuff_channels)
+    winner = torch.full((height, width), -1, dtype=torch.int64, device=sem_logits.device)
+    for k in torch.nonzero(kept).flatten().tolist():
+        detection = int(instances.order[k])
+        ys, xs = instances.masks.window(detection)
+        ml_a = instances.masks.crop(detection, ys, xs)
+        # ML_B: the class's semantic logits inside the box (pixels it touches), 0 elsewhere.
+        box_ys, box_xs = _box_slices(instances.boxes[detection], height, width)
+        inner_ys = slice(max(box_ys.start, ys.start), min(box_ys.stop, ys.stop))
+        inner_xs = slice(max(box_xs.start, xs.start), min(box_xs.stop, xs.stop))
+        ml_b = torch.zeros_like(ml_a)
+        channel = int(instances.channels[detection])
+        ml_b[
+            inner_ys.start - ys.start : inner_ys.stop - ys.start,
+            inner_xs.start - xs.start : inner_xs.stop - xs.start,
+        ] = sem_logits[channel, inner_ys, inner_xs]
+        logits = fused(detection, ml_a, ml_b)
+        # Where the paste is 0 the instance does not compete (not FL = 0, which would win
+        # every pixel whose stuff logits are all negative).
+        logits.masked_fill_(ml_a == 0, float("-inf"))
+        region_best, region_winner = best[ys, xs], winner[ys, xs]
+        better = logits > region_best
+        region_best[better] = logits[better]
+        region_winner[better] = k
+    return winner
+
+
+def _owner_winner(fused, instances, owner, stuff_channels):
+    """Each pixel's owner (from the overlap filter) against the best stuff logit, if any."""
+    winner = torch.full_like(owner, -1)
+    covered = owner >= 0
+    if not covered.any():
+        return winner
+    detection = instances.order[owner[covered]]
+    ys, xs = torch.nonzero(covered, as_tuple=True)
+    ml_a = instances.masks.at(detection, ys, xs)
+    # Owned pixels are where ML_A > 0; ML_B is read there (inside the box or its paste margin).
+    ml_b = fused.sem_logits[instances.channels[detection], ys, xs]
+    logits = torch.empty_like(ml_a)
+    for row in detection.unique().tolist():
+        mine = detection == row
+        logits[mine] = fused(row, ml_a[mine], ml_b[mine])
+    best_stuff = torch.full_like(ml_b, float("-inf"))
+    for channel in stuff_channels.tolist():
+        torch.maximum(best_stuff, fused.sem_logits[channel, ys, xs], out=best_stuff)
+    wins = logits > best_stuff  # stuff first in the stack: ties go to stuff
+    winner[ys[wins], xs[wins]] = owner[ys[wins], xs[wins]]
+    return winner
+
+
+def _stuff_map(sem_logits, instance_pixels, thing_channels):
+    """Semantic argmax where no instance won and the class is stuff; -1 elsewhere."""
+    is_thing_channel = torch.zeros(len(sem_logits), dtype=torch.bool, device=sem_logits.device)
+    is_thing_channel[thing_channels] = True
+    semantic = channel_argmax(sem_logits)
+    void = instance_pixels | is_thing_channel[semantic]
+    return torch.where(void, torch.full_like(semantic, -1), semantic)
+
+
+def _assemble(winner, kept, stuff_map, instances, stuff_channels, stuff_area):
+    """Panoptic ids and segments_info through lookup tables (one gather per map).
+
+    Thing pixels without a surviving instance stay void (0); stuff classes smaller than
+    ``stuff_area`` become void.
+    """
+    device = winner.device
+    order = instances.order
     segments_info = []
-    instance_areas = torch.bincount(owner[owner >= 0], minlength=len(order))
+    instance_areas = torch.bincount(winner[winner >= 0], minlength=len(order))
     instance_ids = torch.zeros(len(order) + 1, dtype=torch.int32, device=device)
     for k in torch.nonzero(kept & (instance_areas > 0)).flatten().tolist():
         detection = int(order[k])
@@ -185,13 +280,15 @@ def fuse_panoptic(
         segments_info.append(
             {
                 "id": len(segments_info) + 1,
-                "category_id": int(thing_channels[classes[detection]]),
+                "category_id": int(instances.channels[detection]),
                 "isthing": True,
-                "score": float(scores[detection]),
+                "score": float(instances.scores[detection]),
                 "area": int(instance_areas[k]),
                 "instance_index": detection,
             }
         )
+    num_channels = int(stuff_channels.max()) + 1 if len(stuff_channels) else 0
+    stuff_areas = torch.bincount(stuff_map[stuff_map >= 0], minlength=num_channels)
     stuff_ids = torch.zeros(num_channels + 1, dtype=torch.int32, device=device)
     for channel in stuff_channels.tolist():
         area = int(stuff_areas[channel])
@@ -201,5 +298,5 @@ def fuse_panoptic(
         segments_info.append(
             {"id": len(segments_info) + 1, "category_id": channel, "isthing": False, "area": area}
         )
-    panoptic = torch.where(owner >= 0, instance_ids[owner + 1], stuff_ids[stuff_map + 1])
+    panoptic = torch.where(winner >= 0, instance_ids[winner + 1], stuff_ids[stuff_map + 1])
     return panoptic, segments_info
