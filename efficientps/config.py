@@ -65,8 +65,12 @@ def _add_head_config(cfg):
     cfg.MODEL.SEM_SEG_HEAD.ACTIVATION = "leaky_relu"
     # (row, col) dilations of the five DPC branches; branch 4 takes branch 3's output.
     cfg.MODEL.SEM_SEG_HEAD.DPC_DILATIONS = [[1, 6], [1, 1], [6, 21], [18, 15], [6, 3]]
-    # Fraction of the hardest pixels (per image) whose cross entropy is averaged; 1.0 = plain CE.
+    # Fraction of the hardest pixels (of all W*H, ignored ones with loss 0) whose cross entropy
+    # is averaged; 1.0 = every pixel.
     cfg.MODEL.SEM_SEG_HEAD.HARD_PIXEL_FRACTION = 0.25
+    # Where the hardest pixels are ranked: "image" (the paper's per-image weights) or "batch"
+    # (the authors' code: all pixels of the batch together).
+    cfg.MODEL.SEM_SEG_HEAD.HARD_PIXEL_RANKING = "image"
     # Activation checkpointing of the head's layers (up to the 1/4 logits) in training.
     cfg.MODEL.SEM_SEG_HEAD.ACTIVATION_CHECKPOINTING = False
 
@@ -132,3 +136,6 @@ def _add_model_config(cfg):
 def _add_input_config(cfg):
     # Random scale of the training image (and its maps) before cropping (paper: 0.5 .. 2.0).
     cfg.INPUT.SCALE_RANGE = [0.5, 2.0]
+    # Crowd regions ("car group") in the semantic targets: their class (the authors' targets;
+    # the paper does not say) or, False, the ignore label. Never instances either way.
+    cfg.INPUT.CROWD_IN_SEMANTIC = True

@@ -24,7 +24,7 @@ def dataset(tmp_path_factory):
     name = f"synth_mapper_{uuid.uuid4().hex[:8]}"
     register_synthetic_panoptic(name, str(root), "train")
     records = DatasetCatalog.get(name)
-    # One crowd segment, to check it is neither an instance nor a semantic label.
+    # One crowd segment, to check it is not an instance and keeps its class only by choice.
     crowd = next(s for s in records[0]["segments_info"] if s["category_id"] == 6)
     crowd["iscrowd"] = 1
     return name, records, crowd["id"]
@@ -44,10 +44,8 @@ def expected_targets(record):
     semantic = np.full(ids.shape, 255, np.int64)
     masks, classes = [], []
     for s in record["segments_info"]:
-        if s["iscrowd"]:
-            continue
-        semantic[ids == s["id"]] = s["category_id"]
-        if s["category_id"] >= 5:
+        semantic[ids == s["id"]] = s["category_id"]  # crowd too: the default keeps its class
+        if s["category_id"] >= 5 and not s["iscrowd"]:
             masks.append(ids == s["id"])
             classes.append(s["category_id"] - 5)  # things are channels 5, 6, 7 -> 0, 1, 2
     return semantic, np.stack(masks), classes
@@ -67,6 +65,9 @@ def test_targets_match_the_png(dataset):
             ys, xs = np.nonzero(mask)
             assert box == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
     crowd_pixels = read_panoptic_png(records[0]["pan_seg_file_name"]) == crowd_id
+    assert crowd_pixels.sum() > 0
+    assert (mapper(records[0])["sem_seg"].numpy()[crowd_pixels] == 6).all()
+    mapper.crowd_in_semantic = False  # INPUT.CROWD_IN_SEMANTIC False
     assert (mapper(records[0])["sem_seg"].numpy()[crowd_pixels] == 255).all()
 
 

@@ -98,8 +98,8 @@ def test_dpc_branch_4_reads_branch_3():
 
 
 def test_hard_pixel_loss_matches_hand_computation():
-    # One image, 2 classes, 2x4 pixels, one ignored. Per-pixel CE by hand, then mean of the
-    # hardest ceil(0.25 * 7) = 2 valid pixels.
+    # One image, 2 classes, 2x4 pixels, one ignored (loss 0). Per-pixel CE by hand, then the
+    # mean of the hardest ceil(0.25 * 8) = 2 of the W*H = 8 pixels (the paper's 4/(W*H)).
     logits = torch.tensor(
         [
             [[0.0, 1.0, 2.0, 3.0], [0.5, -1.0, 4.0, 0.0]],
@@ -112,33 +112,41 @@ def test_hard_pixel_loss_matches_hand_computation():
         for x in range(4):
             t = int(targets[0, y, x])
             if t == 255:
+                pixel_losses.append(0.0)
                 continue
             a, b = float(logits[0, 0, y, x]), float(logits[0, 1, y, x])
             lse = math.log(math.exp(a) + math.exp(b))
             pixel_losses.append(lse - (a if t == 0 else b))
+    # The two hardest: (0, 3) logits (3, 0) target 1 and (1, 1) logits (-1, 2) target 0, both
+    # 3 + log(1 + e^-3) = 3.0486.
     hardest = sorted(pixel_losses, reverse=True)[:2]
+    assert hardest == pytest.approx([3 + math.log(1 + math.exp(-3))] * 2, rel=1e-9)
     loss = hard_pixel_cross_entropy(logits, targets, ignore_index=255, fraction=0.25)
     assert loss.item() == pytest.approx(sum(hardest) / 2, rel=1e-6)
-    plain = hard_pixel_cross_entropy(logits, targets, ignore_index=255, fraction=1.0)
-    assert plain.item() == pytest.approx(
-        F.cross_entropy(logits, targets, ignore_index=255).item(), rel=1e-6
-    )
+    every = hard_pixel_cross_entropy(logits, targets, ignore_index=255, fraction=1.0)
+    assert every.item() == pytest.approx(sum(pixel_losses) / 8, rel=1e-6)
 
 
-def test_hard_pixel_loss_ranks_per_image_and_handles_all_ignored():
+def test_hard_pixel_loss_ranks_per_image_or_over_the_batch():
     logits = torch.zeros(2, 3, 4, 4)
     logits[0, 0] = 5.0  # image 0 is confidently class 0
     targets = torch.full((2, 4, 4), 255)
     targets[0] = 0
-    targets[0, 0, 0] = 2  # one hard pixel in image 0; image 1 is all ignored
-    loss = hard_pixel_cross_entropy(logits, targets, fraction=0.25)
+    targets[0, 0, 0] = 2  # one hard pixel in image 0; image 1 is all ignored (losses 0)
     per_pixel = F.cross_entropy(logits[:1], targets[:1], reduction="none").flatten()
-    assert loss.item() == pytest.approx(per_pixel.topk(4).values.mean().item(), rel=1e-6)
+    top4 = per_pixel.topk(4).values  # ceil(0.25 * 16) per image
+    loss = hard_pixel_cross_entropy(logits, targets, fraction=0.25)
+    assert loss.item() == pytest.approx((top4.mean().item() + 0.0) / 2, rel=1e-6)
+    # Batch ranking: the top ceil(0.25 * 32) = 8 of all 32 pixels, all from image 0.
+    batch = hard_pixel_cross_entropy(logits, targets, fraction=0.25, ranking="batch")
+    assert batch.item() == pytest.approx(per_pixel.topk(8).values.mean().item(), rel=1e-6)
     empty = hard_pixel_cross_entropy(logits.requires_grad_(), torch.full((2, 4, 4), 255))
     assert empty.item() == 0.0
     empty.backward()  # still differentiable: DDP needs every parameter in the graph
     with pytest.raises(ValueError, match="fraction"):
         hard_pixel_cross_entropy(logits, targets, fraction=0.0)
+    with pytest.raises(ValueError, match="ranking"):
+        hard_pixel_cross_entropy(logits, targets, ranking="pixel")
 
 
 @pytest.mark.parametrize("size", [(256, 512), (224, 288), (200, 330)])

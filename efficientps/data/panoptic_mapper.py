@@ -2,8 +2,9 @@
 
 One set of detectron2 transforms is drawn per sample and applied to the image and to the
 panoptic id map alike (nearest for the map), so semantic and instance targets stay aligned.
-sem_seg holds semantic channels for every class; crowd and void pixels get the metadata's
-ignore value. Instances carry thing indices (through the class tables), boxes from the masks
+sem_seg holds semantic channels for every class; void pixels get the metadata's ignore value,
+crowd regions their class (as the authors' training targets; ``crowd_in_semantic=False``
+ignores them). Instances carry thing indices (through the class tables), boxes from the masks
 and bit masks; crowd segments are not instances.
 """
 
@@ -49,8 +50,10 @@ class EfficientPSPanopticMapper:
         image_format="RGB",
         class_tables: PanopticClassTables,
         ignore_label=255,
+        crowd_in_semantic=True,
     ):
         self.is_train = is_train
+        self.crowd_in_semantic = crowd_in_semantic
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.class_tables = class_tables
@@ -98,6 +101,7 @@ class EfficientPSPanopticMapper:
             "is_train": is_train,
             "augmentations": augmentations,
             "image_format": cfg.INPUT.FORMAT,
+            "crowd_in_semantic": cfg.INPUT.CROWD_IN_SEMANTIC,
             "class_tables": PanopticClassTables.from_config(cfg),
             "ignore_label": ignore_label,
         }
@@ -150,11 +154,13 @@ class EfficientPSPanopticMapper:
         instance_rows, classes = [], []
         for row, segment_id in enumerate(unique.tolist()):
             segment = by_id.get(segment_id)
-            if segment is None or segment.get("iscrowd", 0):
-                continue  # void or crowd: ignore in sem_seg, not an instance
+            if segment is None:
+                continue  # void: ignored in sem_seg
+            crowd = bool(segment.get("iscrowd", 0))
             channel = segment["category_id"]
-            channel_lut[row] = channel
-            if channel in self.thing_index:
+            if not crowd or self.crowd_in_semantic:
+                channel_lut[row] = channel
+            if channel in self.thing_index and not crowd:  # a crowd is never an instance
                 instance_rows.append(row)
                 classes.append(self.thing_index[channel])
         sem_seg = torch.as_tensor(channel_lut[inverse])

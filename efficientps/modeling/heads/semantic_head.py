@@ -20,32 +20,31 @@ from ..layers import SeparableConv2d, conv_norm_act
 PAPER_DPC_DILATIONS = ((1, 6), (1, 1), (6, 21), (18, 15), (6, 3))
 
 
-def hard_pixel_cross_entropy(logits, targets, *, ignore_index=255, fraction=0.25):
-    """Cross entropy averaged over the hardest ``fraction`` of each image's valid pixels.
+HARD_PIXEL_RANKINGS = ("image", "batch")
 
-    Ignored pixels are excluded before ranking. Each image contributes the mean of its top
-    ``ceil(fraction * valid)`` pixel losses (the paper's weight 4/(W*H) on the worst quarter);
-    the result is the mean over images that have valid pixels. ``fraction=1`` is plain CE.
+
+def hard_pixel_cross_entropy(logits, targets, *, ignore_index=255, fraction=0.25, ranking="image"):
+    """Cross entropy of the hardest ``fraction`` of the pixels (the paper's hardest-pixel loss).
+
+    The paper weights the worst quarter of an image's W*H pixel losses by 4/(W*H): the mean of
+    the top ``ceil(fraction * H * W)`` losses of each image, averaged over the images
+    (``ranking="image"``). The authors' code ranks the losses of the whole batch together
+    (``ranking="batch"``; the same in expectation). Ignored pixels are part of the W*H with a
+    loss of 0, as in both: an image with few labelled pixels contributes less.
 
     Args:
         logits: (N, C, H, W) float. targets: (N, H, W) int64 class indices or ``ignore_index``.
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"hard-pixel fraction must be in (0, 1], got {fraction}")
+    if ranking not in HARD_PIXEL_RANKINGS:
+        raise ValueError(f"hard-pixel ranking {ranking!r}; expected one of {HARD_PIXEL_RANKINGS}")
     losses = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="none")
-    valid = targets != ignore_index
-    per_image = []
-    for loss, mask in zip(losses.flatten(1), valid.flatten(1)):
-        loss = loss[mask]
-        if loss.numel() == 0:
-            continue
-        k = max(1, math.ceil(fraction * loss.numel()))
-        per_image.append(
-            loss.topk(k, sorted=False).values.mean() if k < loss.numel() else loss.mean()
-        )
-    if not per_image:
-        return logits.sum() * 0.0  # keeps the graph connected: every parameter gets a zero grad
-    return torch.stack(per_image).mean()
+    losses = losses.flatten() if ranking == "batch" else losses.flatten(1)
+    k = max(1, math.ceil(fraction * losses.shape[-1]))
+    if k < losses.shape[-1]:
+        losses = losses.topk(k, dim=-1, sorted=False).values
+    return losses.mean()
 
 
 class LSFE(nn.Sequential):
@@ -127,6 +126,7 @@ class EfficientPSSemSegHead(nn.Module):
         ignore_value=255,
         loss_weight=1.0,
         hard_pixel_fraction=0.25,
+        hard_pixel_ranking="image",
         activation_checkpointing=False,
     ):
         """
@@ -140,6 +140,7 @@ class EfficientPSSemSegHead(nn.Module):
             ignore_value: label excluded from the loss.
             loss_weight: multiplies the semantic loss.
             hard_pixel_fraction: fraction of the hardest pixels whose loss counts (1.0: all).
+            hard_pixel_ranking: rank per "image" (paper) or over the "batch" (authors' code).
             activation_checkpointing: in training, keep only the input levels for backward
                 and run the head again then (``modeling.checkpointing``).
         """
@@ -163,6 +164,12 @@ class EfficientPSSemSegHead(nn.Module):
         self.ignore_value = ignore_value
         self.loss_weight = loss_weight
         self.hard_pixel_fraction = hard_pixel_fraction
+        if hard_pixel_ranking not in HARD_PIXEL_RANKINGS:
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.HARD_PIXEL_RANKING={hard_pixel_ranking!r}; expected one of "
+                f"{HARD_PIXEL_RANKINGS}"
+            )
+        self.hard_pixel_ranking = hard_pixel_ranking
         self.activation_checkpointing = activation_checkpointing
 
     @classmethod
@@ -179,6 +186,7 @@ class EfficientPSSemSegHead(nn.Module):
             "ignore_value": hcfg.IGNORE_VALUE,
             "loss_weight": hcfg.LOSS_WEIGHT,
             "hard_pixel_fraction": hcfg.HARD_PIXEL_FRACTION,
+            "hard_pixel_ranking": hcfg.HARD_PIXEL_RANKING,
             "activation_checkpointing": hcfg.ACTIVATION_CHECKPOINTING,
         }
 
@@ -228,6 +236,10 @@ class EfficientPSSemSegHead(nn.Module):
 
     def losses(self, logits, targets):
         loss = hard_pixel_cross_entropy(
-            logits, targets, ignore_index=self.ignore_value, fraction=self.hard_pixel_fraction
+            logits,
+            targets,
+            ignore_index=self.ignore_value,
+            fraction=self.hard_pixel_fraction,
+            ranking=self.hard_pixel_ranking,
         )
         return {"loss_sem_seg": loss * self.loss_weight}
