@@ -12,6 +12,8 @@ setup(
     version="0.1.0",
     description="EfficientPS (Mohan & Valada, IJCV 2021) panoptic segmentation for detectron2",
     python_requires=">=3.9",
+    # efficientps (the detectron2 plugin) and efficientps_pq (the offline PQ command, which
+    # imports neither torch nor detectron2).
     packages=find_packages(exclude=("tests*", "benchmarks*", "configs*", "datasets*", "tools*")),
     install_requires=[
         "numpy",

@@ -7,8 +7,7 @@ Image tensor in, panoptic output out (postprocessing and fusion included), rando
 classes for both, under torch.no_grad (as detectron2's DefaultPredictor and inference_on_dataset
 run models). Both models are forced to the same instance workload: score threshold 0 and 50
 detections per image (random weights would otherwise give each a different number). Every
-(model, variant, size) runs in its own child process, so its peak RSS is its own. Panoptic FPN
-runs the user path below. Variants of EfficientPS:
+(model, variant, size) runs in its own child process, so its peak RSS is its own. Variants:
   plain            conv -> BN -> activation and torchvision's ROIAlign kernel: the training
                    path, with MODEL.EFFICIENTPS.INFERENCE_FOLD_BN False, no channels_last,
                    FAST_CPU_ROI_ALIGN False
@@ -58,26 +57,24 @@ def efficientps_variant_cfg(variant):
     return efficientps_cfg(opts=opts)
 
 
-def panoptic_fpn_cfg():
+def panoptic_fpn_model():
     cfg = panoptic_fpn_r50_cfg()
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     cfg.TEST.DETECTIONS_PER_IMAGE = DETECTIONS
     cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = 0.0
-    return cfg
+    return build(cfg)
 
 
 def build_variant(kind, variant):
     """The model as ``variant`` runs it, with the seeded weights every variant shares."""
-    if kind == "efficientps":
-        cfg = efficientps_variant_cfg(variant)
-        if variant == "plain":
-            model = build(cfg)
-            configure_inference(model, fold_norm=False, channels_last_devices=())
-            return model
-    else:
-        cfg = panoptic_fpn_cfg()
-    # The user path, for both models: the weights come from a checkpoint file, loaded into a
-    # fresh model (so the load's transient memory counts for both).
+    if kind != "efficientps":
+        return panoptic_fpn_model()
+    cfg = efficientps_variant_cfg(variant)
+    if variant == "plain":
+        model = build(cfg)
+        configure_inference(model, fold_norm=False, channels_last_devices=())
+        return model
+    # The user path: the weights come from a checkpoint file, loaded into a fresh model.
     with tempfile.TemporaryDirectory() as tmp:
         DetectionCheckpointer(build(cfg), save_dir=tmp).save("weights")
         torch.manual_seed(1)  # other initial weights: the file must replace them

@@ -9,7 +9,7 @@ COCO-panoptic format (cached in --cache), twice: PNGs written by OpenCV (as effi
 writes them) and by Pillow (as cityscapesscripts' createPanopticImgs and detectron2's panoptic
 evaluator write them; Pillow picks other PNG row filters, which decode at other speeds).
 Then, on the same folders, in this one process: our offline evaluator
-(efficientps.evaluation.evaluate_folders: 2 threads decode PNGs while a third counts, all
+(efficientps_pq.__main__.evaluate_folders: 2 threads decode PNGs while a third counts, all
 without the GIL), cityscapesscripts' pq_compute_single_core + average_pq (single core), and
 hotcoco's PanopticEval (Rust, its own threads) when installed. Prints the results, the max abs
 difference from cityscapesscripts and the speed ratios (median of --runs, after a warm-up run
@@ -34,9 +34,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from efficientps.data import synthetic
-from efficientps.evaluation import PQAccumulator, read_panoptic_png, write_panoptic_png
-from efficientps.evaluation.__main__ import evaluate_folders
-from efficientps.panoptic_ids import id_to_rgb
+from efficientps_pq import PQAccumulator, read_panoptic_png, write_panoptic_png
+from efficientps_pq.__main__ import evaluate_folders
+from efficientps_pq.panoptic_ids import id_to_rgb
 
 
 def make_prediction(ids, segments, rng):
@@ -257,8 +257,8 @@ def compare(writer, folder, args):
         )[0],
     }
     commands = {
-        "python -m efficientps.evaluation": [
-            sys.executable, "-m", "efficientps.evaluation", "--gt-json", gt_json,
+        "python -m efficientps_pq": [
+            sys.executable, "-m", "efficientps_pq", "--gt-json", gt_json,
             "--gt-dir", gt_dir, "--pred-json", pred_json, "--pred-dir", pred_dir,
         ],
     }  # fmt: skip
@@ -308,14 +308,14 @@ def compare(writer, folder, args):
         rows,
     )
     whole = {name: command_seconds(command, args.runs) for name, command in commands.items()}
-    ours = whole["python -m efficientps.evaluation"]
+    ours = whole["python -m efficientps_pq"]
     print_table(
         f"The whole command (process start, imports, evaluation), median of {args.runs}",
         ("command", "seconds", "x ours"),
         [(name, f"{t:.2f}", f"{t / ours:.2f}") for name, t in whole.items()],
     )
     read_ms, add_ms = stage_times(gt_json, gt_dir, pred_json, pred_dir)
-    imports = import_seconds(commands["python -m efficientps.evaluation"][:3] + ["--help"])
+    imports = import_seconds(commands["python -m efficientps_pq"][:3] + ["--help"])
     print_table(
         "Where our time goes (one thread, medians over the images; the rest of the whole "
         "command is Python's start, numba loading its compiled loops and the threads)",
@@ -323,7 +323,7 @@ def compare(writer, folder, args):
         [
             ("read_panoptic_png, per PNG", f"{read_ms:.1f} ms"),
             ("PQAccumulator.add (pair counting + matching), per image", f"{add_ms:.1f} ms"),
-            ("imports of python -m efficientps.evaluation", f"{imports:.2f} s"),
+            ("imports of python -m efficientps_pq", f"{imports:.2f} s"),
             (
                 "whole command - imports - evaluation",
                 f"{ours - imports - seconds['efficientps']:.2f} s",

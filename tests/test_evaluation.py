@@ -15,8 +15,8 @@ from efficientps.evaluation import (
     read_panoptic_png,
     write_panoptic_png,
 )
-from efficientps.evaluation.__main__ import evaluate_folders
-from efficientps.evaluation.__main__ import main as cli_main
+from efficientps_pq.__main__ import evaluate_folders
+from efficientps_pq.__main__ import main as cli_main
 
 CATEGORIES = [
     {"id": 1, "name": "road", "isthing": 0},
@@ -177,18 +177,18 @@ def test_cli_writes_cityscapesscripts_json(gt_and_predictions, tmp_path, capsys)
 
 
 def test_offline_command_runs_without_torch_or_detectron2(gt_and_predictions, tmp_path):
-    """``python -m efficientps.evaluation`` imports neither: they would take ~6 s to import
+    """``python -m efficientps_pq`` imports neither: they would take ~6 s to import
     against ~0.5 s for evaluating 50 Cityscapes-sized images."""
     gt_json, gt_dir, pred_json, pred_dir, _ = gt_and_predictions
     output = tmp_path / "results.json"
-    command = [sys.executable, "-X", "importtime", "-m", "efficientps.evaluation",
+    command = [sys.executable, "-X", "importtime", "-m", "efficientps_pq",
                "--gt-json", gt_json, "--gt-dir", gt_dir, "--pred-json", pred_json,
                "--pred-dir", pred_dir, "--output", str(output)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Things" in done.stdout and "Saved" in done.stdout  # flushed before the fast exit
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
-    assert "efficientps.evaluation.panoptic_png" in imported
+    assert "efficientps_pq.panoptic_png" in imported
     assert not {m for m in imported if m.split(".")[0] in ("torch", "detectron2")}
     in_process, _ = evaluate_folders(gt_json, gt_dir, pred_json, pred_dir, progress=False)
     assert json.loads(output.read_text())["All"] == in_process["All"]
@@ -212,7 +212,7 @@ def test_cli_names_missing_files(gt_and_predictions, tmp_path):
     "segments, high_ids", [(40, False), (300, False), (40, True)], ids=["few", "many", "big-ids"]
 )
 def test_pair_counts_match_a_brute_force_count(segments, high_ids):
-    from efficientps.evaluation.panoptic_quality import UNLISTED, intersections
+    from efficientps_pq.panoptic_quality import UNLISTED, intersections
 
     rng = np.random.default_rng(segments)
     offset = 2**30 if high_ids else 0  # beyond the 24 bits of PNG ids

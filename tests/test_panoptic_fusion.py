@@ -1,5 +1,6 @@
 """The paper's panoptic fusion on hand-built tensors, and the vectorised mask-logit pasting."""
 
+import pytest
 import torch
 from torch.nn import functional as F
 
@@ -326,3 +327,42 @@ def test_learned_fusion_weights_enter_as_affine_maps_of_ml_a_and_ml_b():
     weights = torch.tensor([[3.0, 1.0, 1.0, 0.0]])
     _, segments = fuse(sem, [instance(box, logit=1.0)], [box], [0.9], instance_weights=weights)
     assert [s["area"] for s in segments if s["isthing"]] == [16]
+
+
+def test_learned_fusion_loss_on_a_hand_built_image():
+    import math
+
+    from detectron2.structures import BitMasks, Boxes, Instances
+
+    from efficientps.modeling.meta_arch.learned_fusion import LearnedPanopticFusion
+
+    # 4x4 image, stuff channel 0 and thing channel 1; one instance whose box is the whole image
+    # (a constant 28x28 map pastes to exactly c there) and whose ground-truth mask is the left
+    # half. Identity weights: FL = (sigmoid(c) + sigmoid(t)) * (c + t) at every pixel.
+    c, t, s = 1.0, 0.0, 0.5
+    sem_logits = torch.stack([torch.full((4, 4), s), torch.full((4, 4), t)])[None]
+    mask_logits = [torch.full((1, 28, 28), c)]
+    instances = Instances((4, 4))
+    instances.gt_boxes = Boxes(torch.tensor([[0.0, 0.0, 4.0, 4.0]]))
+    instances.gt_classes = torch.tensor([0])
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[0, :, :2] = True
+    instances.gt_masks = BitMasks(mask)
+    sem_seg = torch.where(mask[0], 1, 0)
+    fusion = LearnedPanopticFusion(1, loss_weight=1.0, loss_scale=1.0, ignore_value=255)
+    kw = {"stuff_channels": [0], "thing_channels": [1]}
+    loss = fusion.loss(
+        sem_logits, mask_logits, [{"sem_seg": sem_seg, "instances": instances}], **kw
+    )
+    fl = (1 / (1 + math.exp(-c)) + 1 / (1 + math.exp(-t))) * (c + t)  # 1.2311
+    # Left half: target the instance (logits [s, FL]); right half: target stuff.
+    expected = (math.log(1 + math.exp(s - fl)) + math.log(1 + math.exp(fl - s))) / 2
+    assert loss["loss_panoptic"].item() == pytest.approx(expected, rel=1e-5)
+
+    ignored = {"sem_seg": torch.full((4, 4), 255), "instances": instances[:0]}
+    empty = fusion.loss(sem_logits, [mask_logits[0][:0]], [ignored], **kw)["loss_panoptic"]
+    assert empty.item() == 0.0  # all pixels ignored: 0, not NaN
+    diverged = fusion.loss(
+        sem_logits * float("nan"), mask_logits, [{"sem_seg": sem_seg, "instances": instances}], **kw
+    )["loss_panoptic"]
+    assert torch.isnan(diverged)  # reaches the trainer's non-finite-loss stop

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from efficientps.evaluation import (
+from efficientps_pq import (
     PanopticFormatError,
+    id_to_rgb,
     panoptic_png,
     read_panoptic_png,
     write_panoptic_png,
 )
-from efficientps.panoptic_ids import id_to_rgb
 
 FILTERS = (0, 1, 2, 3, 4)  # None, Sub, Up, Average, Paeth
 

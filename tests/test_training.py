@@ -51,7 +51,6 @@ def datasets_root(tmp_path_factory):
 
 def child_env(datasets_root):
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="1")
-    env.pop("EFFICIENTPS_SKIP_BUILTIN_DATASETS", None)
     return env
 
 

@@ -19,8 +19,9 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
 
+from efficientps_pq.panoptic_ids import rgb_to_id
+
 from ..class_tables import PanopticClassTables
-from ..panoptic_ids import rgb_to_id
 from .datasets.coco_panoptic import DatasetFormatError
 from .transforms import RandomScale
 

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..panoptic_ids import id_to_rgb
+from efficientps_pq.panoptic_ids import id_to_rgb
 
 # (label id, name, label colour, isthing): a subset of Cityscapes' classes with their ids.
 CATEGORIES = [

@@ -1,25 +1,20 @@
-"""Panoptic quality, mIoU and AP for EfficientPS; ``python -m efficientps.evaluation`` offline.
+"""Panoptic quality, mIoU and AP for EfficientPS inside detectron2's evaluation loop.
 
-The PQ pieces need only NumPy and numba; the detectron2 evaluator is imported on first use, so
-that the offline command starts without torch.
+The PQ arithmetic, the panoptic PNG reader/writer and the offline command
+(``python -m efficientps_pq``) live in the ``efficientps_pq`` package of this distribution,
+which needs neither torch nor detectron2; they are re-exported here.
 """
 
-import importlib
+from efficientps_pq import (
+    PanopticFormatError,
+    PQAccumulator,
+    format_table,
+    read_panoptic_png,
+    write_panoptic_png,
+)
 
-from .panoptic_png import read_panoptic_png, write_panoptic_png
-from .panoptic_quality import PanopticFormatError, PQAccumulator, format_table
-
-_DETECTRON2_PARTS = {
-    "EfficientPSEvaluator": ".panoptic_evaluator",
-    "build_evaluator": ".build",
-}
-
-
-def __getattr__(name):
-    if name in _DETECTRON2_PARTS:
-        return getattr(importlib.import_module(_DETECTRON2_PARTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+from .build import build_evaluator
+from .panoptic_evaluator import EfficientPSEvaluator
 
 __all__ = [
     "EfficientPSEvaluator",

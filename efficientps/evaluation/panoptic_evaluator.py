@@ -18,11 +18,11 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
+from efficientps_pq import PQAccumulator, format_table, read_panoptic_png, write_panoptic_png
+from efficientps_pq.kernels import add_confusion, relabel
+
 from ..class_tables import PanopticClassTables
 from ..modeling.meta_arch.panoptic_fusion import channel_argmax
-from .kernels import add_confusion, relabel
-from .panoptic_png import read_panoptic_png, write_panoptic_png
-from .panoptic_quality import PQAccumulator, format_table
 from .rle import encode_mask
 
 logger = logging.getLogger(__name__)

@@ -45,5 +45,4 @@ def register_all(root):
         )
 
 
-if os.environ.get("EFFICIENTPS_SKIP_BUILTIN_DATASETS") != "1":
-    register_all(os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets")))
+register_all(os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets")))

@@ -10,11 +10,12 @@ import logging
 import os
 
 import torch
-from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from efficientnet_pytorch.utils import get_model_params, round_filters, round_repeats
 from torch import nn
 from torch.nn import functional as F
+from torchvision.ops import stochastic_depth
 
 from ..checkpointing import checkpointed, checkpointing_active
 from ..layers import SamePadConv2d, build_activation, build_norm, same_pad
@@ -94,11 +95,8 @@ class MBConvBlock(nn.Module):
         out = self.project(out)
         if not self.residual:
             return out
-        if self.training and self.drop_connect_rate > 0:
-            # Stochastic depth: drop the whole residual branch per sample.
-            keep = 1.0 - self.drop_connect_rate
-            mask = torch.empty(out.shape[0], 1, 1, 1, device=out.device, dtype=out.dtype)
-            out = out * mask.bernoulli_(keep) / keep
+        # Stochastic depth (drop-connect): drops the whole residual branch per sample.
+        out = stochastic_depth(out, self.drop_connect_rate, "row", self.training)
         return out + x
 
     def _pad_before_expand(self):
@@ -252,14 +250,6 @@ class EfficientNet(Backbone):
             if tap in self._out_features:
                 outputs[tap] = x
         return outputs
-
-    def output_shape(self):
-        return {
-            name: ShapeSpec(
-                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
-            )
-            for name in self._out_features
-        }
 
     @property
     def size_divisibility(self):

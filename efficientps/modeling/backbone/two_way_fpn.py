@@ -5,7 +5,6 @@ as in FPN) and a bottom-up path (fine to coarse, nearest downsampling: no parame
 does not count). Each level sums both paths and applies one 3x3 conv (separable in the paper).
 """
 
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from torch import nn
@@ -119,14 +118,6 @@ class TwoWayFPN(Backbone):
             # Popped from a list so the output conv holds the only reference to the sum.
             outputs.append(self.output_convs[i](summed.pop()))
         return outputs
-
-    def output_shape(self):
-        return {
-            name: ShapeSpec(
-                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
-            )
-            for name in self._out_features
-        }
 
     @property
     def size_divisibility(self):

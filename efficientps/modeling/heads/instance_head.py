@@ -20,6 +20,7 @@ from detectron2.modeling import (
 from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.modeling.roi_heads.mask_head import BaseMaskRCNNHead
 from detectron2.structures import Boxes, Instances
+from fvcore.nn import weight_init
 from torch import nn
 
 from ..layers import build_activation, conv_or_separable
@@ -103,8 +104,7 @@ class EfficientPSBoxHead(nn.Sequential):
         self.add_module("flatten", nn.Flatten())
         for k in range(num_fc):
             fc = nn.Linear(in_dim, fc_dim)
-            nn.init.kaiming_uniform_(fc.weight, a=1)  # detectron2's c2_xavier_fill
-            nn.init.zeros_(fc.bias)
+            weight_init.c2_xavier_fill(fc)
             self.add_module(f"fc{k + 1}", fc)
             norm_layer = _fc_norm(norm, fc_dim)
             if norm_layer is not None:
@@ -158,8 +158,7 @@ class EfficientPSMaskHead(BaseMaskRCNNHead, nn.Sequential):
         self.deconv = ConvTranspose2d(channels, channels, kernel_size=2, stride=2)
         self.deconv_act = build_activation(activation)
         self.predictor = Conv2d(channels, num_classes, kernel_size=1)
-        nn.init.kaiming_normal_(self.deconv.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(self.deconv.bias)
+        weight_init.c2_msra_fill(self.deconv)
         nn.init.normal_(self.predictor.weight, std=0.001)
         nn.init.zeros_(self.predictor.bias)
 

@@ -70,11 +70,13 @@ class LearnedPanopticFusion(nn.Module):
                 panoptic = torch.where(
                     outside, torch.full_like(panoptic, self.ignore_value), panoptic
                 )
-            losses.append(
-                F.cross_entropy(logits[None], panoptic[None], ignore_index=self.ignore_value)
-            )
-        loss = torch.stack(losses).nanmean() if losses else sem_logits.sum() * 0.0
-        return {"loss_panoptic": torch.nan_to_num(loss) * self.loss_weight}
+            if (panoptic != self.ignore_value).any():  # else the mean would be 0 / 0
+                losses.append(
+                    F.cross_entropy(logits[None], panoptic[None], ignore_index=self.ignore_value)
+                )
+        # Not NaN-cleaned: a diverging fusion must trip the trainer's non-finite-loss stop.
+        loss = torch.stack(losses).mean() if losses else sem_logits.sum() * 0.0
+        return {"loss_panoptic": loss * self.loss_weight}
 
     def _panoptic_target(self, target, stuff_channels, size):
         """Per pixel: stuff index k, S + instance index, or ignore (void, crowd, thing w/o mask)."""

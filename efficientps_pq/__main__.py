@@ -1,6 +1,6 @@
 """Offline PQ on COCO-panoptic folders, cityscapesscripts-compatible results json.
 
-    python -m efficientps.evaluation --gt-json G --gt-dir GD --pred-json P --pred-dir PD \
+    python -m efficientps_pq --gt-json G --gt-dir GD --pred-json P --pred-dir PD \
         [--output results.json]
 """
 

@@ -13,8 +13,8 @@ import zlib
 
 import numpy as np
 
-from ..panoptic_ids import id_to_rgb, rgb_to_id
 from .kernels import unfilter_png_ids
+from .panoptic_ids import id_to_rgb, rgb_to_id
 from .panoptic_quality import PanopticFormatError
 
 try:
