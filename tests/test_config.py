@@ -87,5 +87,8 @@ def test_paper_configs_carry_the_paper_and_authors_recipe(relative):
     assert cfg.MODEL.RPN.SMOOTH_L1_BETA == pytest.approx(1 / 9, abs=1e-4)
     assert cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA == 1.0
     assert cfg.MODEL.EFFICIENTNET.DROP_CONNECT_RATE == 0.0
+    assert cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE == cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE == "ROIAlignV2"
+    assert cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO == 2
+    assert cfg.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO == 2
     assert cfg.SOLVER.WEIGHT_DECAY_NORM == cfg.SOLVER.WEIGHT_DECAY == 1e-4
     assert (cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.WARMUP_FACTOR) == (500, pytest.approx(1 / 3, 1e-5))
