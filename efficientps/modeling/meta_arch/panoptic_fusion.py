@@ -189,7 +189,7 @@ class _FusedLogits:
 
 
 def _best_stuff_logit(sem_logits, stuff_channels):
-    """(H, W) running maximum over the stuff channels (no (stuff, H, W) copy)."""
+    """Running maximum over the stuff channels of (C, ...) logits (no (stuff, ...) copy)."""
     best = torch.full_like(sem_logits[0], float("-inf"))
     for channel in stuff_channels.tolist():
         torch.maximum(best, sem_logits[channel], out=best)
@@ -246,9 +246,7 @@ def _owner_winner(fused, instances, owner, stuff_channels):
     for row in detection.unique().tolist():
         mine = detection == row
         logits[mine] = fused(row, ml_a[mine], ml_b[mine])
-    best_stuff = torch.full_like(ml_b, float("-inf"))
-    for channel in stuff_channels.tolist():
-        torch.maximum(best_stuff, fused.sem_logits[channel, ys, xs], out=best_stuff)
+    best_stuff = _best_stuff_logit(fused.sem_logits[:, ys, xs], stuff_channels)
     wins = logits > best_stuff  # stuff first in the stack: ties go to stuff
     winner[ys[wins], xs[wins]] = owner[ys[wins], xs[wins]]
     return winner
