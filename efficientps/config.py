@@ -42,6 +42,10 @@ def _add_backbone_config(cfg):
     # for backward, the blocks run again during backward (less memory for more time; the same
     # gradients and BN statistics).
     cfg.MODEL.EFFICIENTNET.ACTIVATION_CHECKPOINTING = False
+    # Activation after the 1x1 projection of the blocks without expansion (first stage). The
+    # paper's (and EfficientNet's) projections are linear; the authors' code activates these
+    # (True: what their released weights were trained with).
+    cfg.MODEL.EFFICIENTNET.DS_PROJECT_ACTIVATION = False
 
     cfg.MODEL.TWO_WAY_FPN = CN()
     cfg.MODEL.TWO_WAY_FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
@@ -85,6 +89,8 @@ def _add_head_config(cfg):
     # Mask head: 3x3 convs separable (paper and authors' code), activation after norm.
     cfg.MODEL.ROI_MASK_HEAD.SEPARABLE = True
     cfg.MODEL.ROI_MASK_HEAD.ACTIVATION = "leaky_relu"
+    # Activation after the 2x2 deconv: "" = ACTIVATION above (paper); the authors' code: "relu".
+    cfg.MODEL.ROI_MASK_HEAD.DECONV_ACTIVATION = ""
 
 
 def _add_model_config(cfg):

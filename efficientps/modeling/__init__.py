@@ -1,6 +1,6 @@
 """EfficientPS' detectron2 components; importing this module registers them."""
 
-from . import backbone, heads, meta_arch  # noqa: F401  (registers the components)
+from . import anchors, backbone, heads, meta_arch  # noqa: F401  (registers the components)
 from .inplace_abn import InPlaceABN, convert_to_inplace_abn
 from .layers import ConvNormAct, SeparableConv2d, configure_inference
 

@@ -49,7 +49,7 @@ class SqueezeExcitation(nn.Module):
 class MBConvBlock(nn.Module):
     """Inverted residual block: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project (+ skip)."""
 
-    def __init__(self, args, *, se, norm, activation, drop_connect_rate):
+    def __init__(self, args, *, se, norm, activation, drop_connect_rate, project_activation=False):
         super().__init__()
         stride = args.stride[0] if isinstance(args.stride, (list, tuple)) else args.stride
         hidden = args.input_filters * args.expand_ratio
@@ -78,7 +78,12 @@ class MBConvBlock(nn.Module):
             squeezed = max(1, int(args.input_filters * args.se_ratio))
             self.se = SqueezeExcitation(hidden, squeezed, activation)
         self.project = SamePadConv2d(
-            hidden, args.output_filters, 1, bias=False, norm=_norm(norm, args.output_filters)
+            hidden,
+            args.output_filters,
+            1,
+            bias=False,
+            norm=_norm(norm, args.output_filters),
+            activation=build_activation(activation) if project_activation else None,
         )
         self.residual = args.id_skip and stride == 1 and args.input_filters == args.output_filters
         self.drop_connect_rate = drop_connect_rate
@@ -167,6 +172,7 @@ class EfficientNet(Backbone):
         drop_connect_rate=0.2,
         freeze_at=0,
         activation_checkpointing=False,
+        ds_project_activation=False,
     ):
         """
         Args:
@@ -179,6 +185,10 @@ class EfficientNet(Backbone):
             activation_checkpointing: in training, keep only each block's input for backward
                 and recompute the block then (less memory, one more backbone forward in time;
                 exact: see ``modeling.checkpointing``).
+            ds_project_activation: the activation also after the 1x1 projection of the
+                blocks without expansion (the first stage's depthwise-separable blocks). The
+                projection is linear in EfficientNet and the paper; the authors' code activates
+                it (their iABN there keeps its LeakyReLU), and their released weights expect it.
         """
         super().__init__()
         unknown = set(out_features) - set(TAP_STRIDES)
@@ -207,9 +217,15 @@ class EfficientNet(Backbone):
             rate = drop_connect_rate * i / len(blocks)
             tap = tap_of_group[group]
             self._block_index.append((tap, len(stages[tap])))
-            stages[tap].append(
-                MBConvBlock(args, se=se, norm=norm, activation=activation, drop_connect_rate=rate)
+            block = MBConvBlock(
+                args,
+                se=se,
+                norm=norm,
+                activation=activation,
+                drop_connect_rate=rate,
+                project_activation=ds_project_activation and args.expand_ratio == 1,
             )
+            stages[tap].append(block)
         head = SamePadConv2d(
             blocks[-1][1].output_filters,
             head_channels,
@@ -250,6 +266,10 @@ class EfficientNet(Backbone):
             if tap in self._out_features:
                 outputs[tap] = x
         return outputs
+
+    def block_positions(self):
+        """(stage name, index in it) of each MBConv block, in EfficientNet's block order."""
+        return list(self._block_index)
 
     @property
     def size_divisibility(self):
@@ -360,6 +380,7 @@ def build_efficientnet_backbone(cfg, input_shape=None):
         out_features=ecfg.OUT_FEATURES,
         drop_connect_rate=ecfg.DROP_CONNECT_RATE,
         activation_checkpointing=ecfg.ACTIVATION_CHECKPOINTING,
+        ds_project_activation=ecfg.DS_PROJECT_ACTIVATION,
     )
     if ecfg.WEIGHTS:
         backbone.load_efficientnet_pytorch_weights(ecfg.WEIGHTS)

@@ -145,8 +145,20 @@ class EfficientPSMaskHead(BaseMaskRCNNHead, nn.Sequential):
         separable=True,
         norm="BN",
         activation="leaky_relu",
+        deconv_activation=None,
         **kwargs,
     ):
+        """
+        Args:
+            input_shape: the pooled ROI features (channels, 14x14).
+            num_classes: mask channels (1 for class-agnostic masks).
+            conv_dims: output channels of the 3x3 convs.
+            separable: depthwise-separable 3x3 convs (paper and authors' code).
+            norm, activation: after every 3x3 conv (layers.NORMS, layers.ACTIVATIONS).
+            deconv_activation: after the 2x2 deconv; None = ``activation`` (the paper's
+                LeakyReLU everywhere), "relu" in the authors' code.
+            kwargs: BaseMaskRCNNHead's (loss weight, vis period).
+        """
         super().__init__(**kwargs)
         channels = input_shape.channels
         for k, dim in enumerate(conv_dims):
@@ -156,7 +168,9 @@ class EfficientPSMaskHead(BaseMaskRCNNHead, nn.Sequential):
             self.add_module(f"mask_fcn{k + 1}", conv)
             channels = dim
         self.deconv = ConvTranspose2d(channels, channels, kernel_size=2, stride=2)
-        self.deconv_act = build_activation(activation)
+        self.deconv_act = build_activation(
+            activation if deconv_activation is None else deconv_activation
+        )
         self.predictor = Conv2d(channels, num_classes, kernel_size=1)
         weight_init.c2_msra_fill(self.deconv)
         nn.init.normal_(self.predictor.weight, std=0.001)
@@ -173,6 +187,7 @@ class EfficientPSMaskHead(BaseMaskRCNNHead, nn.Sequential):
             separable=mcfg.SEPARABLE,
             norm=mcfg.NORM,
             activation=mcfg.ACTIVATION,
+            deconv_activation=mcfg.DECONV_ACTIVATION or None,
         )
         return args
 
