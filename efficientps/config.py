@@ -46,6 +46,9 @@ def _add_backbone_config(cfg):
     # paper's (and EfficientNet's) projections are linear; the authors' code activates these
     # (True: what their released weights were trained with).
     cfg.MODEL.EFFICIENTNET.DS_PROJECT_ACTIVATION = False
+    # Running-statistics momentum of the backbone's norms (PyTorch convention): EfficientNet's
+    # TF value 0.01; the authors' EfficientNet port leaves their iABN at 0.1 (the paper is silent).
+    cfg.MODEL.EFFICIENTNET.NORM_MOMENTUM = 0.01
 
     cfg.MODEL.TWO_WAY_FPN = CN()
     cfg.MODEL.TWO_WAY_FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]

@@ -6,6 +6,7 @@ the norm and activation are configurable (the paper: BN + LeakyReLU(0.01), no sq
 BatchNorm can be folded for inference, and no pad is computed at run time for stride-1 convs.
 """
 
+import functools
 import logging
 import os
 
@@ -30,10 +31,6 @@ TAP_AFTER_GROUP = {"res2": 1, "res3": 2, "res4": 4, "res5": 6}
 TAP_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
 
-def _norm(norm, channels):
-    return build_norm(norm, channels, eps=BN_EPS, momentum=BN_MOMENTUM)
-
-
 class SqueezeExcitation(nn.Module):
     def __init__(self, channels, squeezed, activation):
         super().__init__()
@@ -50,6 +47,7 @@ class MBConvBlock(nn.Module):
     """Inverted residual block: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project (+ skip)."""
 
     def __init__(self, args, *, se, norm, activation, drop_connect_rate, project_activation=False):
+        """``norm``: channels -> norm layer (or None)."""
         super().__init__()
         stride = args.stride[0] if isinstance(args.stride, (list, tuple)) else args.stride
         hidden = args.input_filters * args.expand_ratio
@@ -60,7 +58,7 @@ class MBConvBlock(nn.Module):
                 hidden,
                 1,
                 bias=False,
-                norm=_norm(norm, hidden),
+                norm=norm(hidden),
                 activation=build_activation(activation),
             )
         self.depthwise = SamePadConv2d(
@@ -70,7 +68,7 @@ class MBConvBlock(nn.Module):
             stride=stride,
             groups=hidden,
             bias=False,
-            norm=_norm(norm, hidden),
+            norm=norm(hidden),
             activation=build_activation(activation),
         )
         self.se = None
@@ -82,7 +80,7 @@ class MBConvBlock(nn.Module):
             args.output_filters,
             1,
             bias=False,
-            norm=_norm(norm, args.output_filters),
+            norm=norm(args.output_filters),
             activation=build_activation(activation) if project_activation else None,
         )
         self.residual = args.id_skip and stride == 1 and args.input_filters == args.output_filters
@@ -173,6 +171,7 @@ class EfficientNet(Backbone):
         freeze_at=0,
         activation_checkpointing=False,
         ds_project_activation=False,
+        norm_momentum=BN_MOMENTUM,
     ):
         """
         Args:
@@ -189,6 +188,8 @@ class EfficientNet(Backbone):
                 blocks without expansion (the first stage's depthwise-separable blocks). The
                 projection is linear in EfficientNet and the paper; the authors' code activates
                 it (their iABN there keeps its LeakyReLU), and their released weights expect it.
+            norm_momentum: running-statistics momentum of the norms (PyTorch convention):
+                EfficientNet's TF value 0.01 by default; the authors' port leaves it at 0.1.
         """
         super().__init__()
         unknown = set(out_features) - set(TAP_STRIDES)
@@ -196,6 +197,7 @@ class EfficientNet(Backbone):
             raise ValueError(f"unknown EfficientNet out_features {sorted(unknown)}")
         self.name = name
         blocks, stem_channels, head_channels = efficientnet_block_args(name)
+        make_norm = functools.partial(build_norm, norm, eps=BN_EPS, momentum=norm_momentum)
 
         self.stem = SamePadConv2d(
             3,
@@ -203,7 +205,7 @@ class EfficientNet(Backbone):
             3,
             stride=2,
             bias=False,
-            norm=_norm(norm, stem_channels),
+            norm=make_norm(stem_channels),
             activation=build_activation(activation),
         )
         # Taps are sequential stages so that forward is one call per stage, not per block.
@@ -220,7 +222,7 @@ class EfficientNet(Backbone):
             block = MBConvBlock(
                 args,
                 se=se,
-                norm=norm,
+                norm=make_norm,
                 activation=activation,
                 drop_connect_rate=rate,
                 project_activation=ds_project_activation and args.expand_ratio == 1,
@@ -231,7 +233,7 @@ class EfficientNet(Backbone):
             head_channels,
             1,
             bias=False,
-            norm=_norm(norm, head_channels),
+            norm=make_norm(head_channels),
             activation=build_activation(activation),
         )
         stages["res5"].append(head)
@@ -381,6 +383,7 @@ def build_efficientnet_backbone(cfg, input_shape=None):
         drop_connect_rate=ecfg.DROP_CONNECT_RATE,
         activation_checkpointing=ecfg.ACTIVATION_CHECKPOINTING,
         ds_project_activation=ecfg.DS_PROJECT_ACTIVATION,
+        norm_momentum=ecfg.NORM_MOMENTUM,
     )
     if ecfg.WEIGHTS:
         backbone.load_efficientnet_pytorch_weights(ecfg.WEIGHTS)
