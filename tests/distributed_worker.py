@@ -2,8 +2,10 @@
 
     python -m tests.distributed_worker OUTPUT_DIR CONFIG [KEY VALUE ...]
 
-Writes OUTPUT_DIR/replicas.json with every rank's parameter checksum and the largest difference
-between rank 0's and rank 1's parameters after training.
+Writes OUTPUT_DIR/replicas.json with every rank's parameter checksum, the largest difference
+between rank 0's and rank 1's parameters after training, and the results of evaluating the
+trained model on synthetic_panoptic_val split over the 2 processes (each rank gets half of the
+images; the evaluators gather).
 """
 
 import json
@@ -37,8 +39,14 @@ def worker(output_dir, config, opts):
     vector = torch.cat([p.detach().flatten() for p in model.parameters()])
     gathered = [torch.zeros_like(vector) for _ in range(comm.get_world_size())]
     dist.all_gather(gathered, vector)
+    eval_cfg = cfg.clone()
+    eval_cfg.defrost()
+    eval_cfg.DATASETS.TEST = ("synthetic_panoptic_val",)
+    eval_cfg.OUTPUT_DIR = os.path.join(output_dir, "distributed_eval")
+    results = train_net.Trainer.test(eval_cfg, model)
     if comm.is_main_process():
         report = {
+            "results": results,
             "world_size": comm.get_world_size(),
             "iterations": trainer.iter,  # max_iter once train() has returned
             "initial_checksum": initial,

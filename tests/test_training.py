@@ -180,6 +180,8 @@ def test_resumable_sampler_continues_the_same_stream():
 
 
 def test_two_cpu_processes_train_and_keep_identical_replicas(datasets_root, tmp_path):
+    """2 gloo processes: identical replicas after training, and evaluation split over both
+    processes gives exactly what one process gives with the same weights."""
     out = subprocess.run(
         [sys.executable, "-m", "tests.distributed_worker", str(tmp_path), DEMO_CONFIG, *TINY],
         env=child_env(datasets_root),
@@ -195,3 +197,21 @@ def test_two_cpu_processes_train_and_keep_identical_replicas(datasets_root, tmp_
     assert len(set(report["checksums"])) == 1, report["checksums"]
     assert report["checksums"][0] != report["initial_checksum"]  # they did train
     assert report["max_abs_difference"] == 0.0
+
+    train_net = load_train_net()
+    name = f"synth_eval_{uuid.uuid4().hex[:6]}"
+    register_synthetic_panoptic(name, str(datasets_root / "synthetic"), "val")
+    args = train_net.parse_args(
+        ["--config-file", DEMO_CONFIG, "--eval-only", *TINY, "DATASETS.TEST", f"('{name}',)",
+         "OUTPUT_DIR", str(tmp_path / "single_eval"),
+         "MODEL.WEIGHTS", str(tmp_path / "model_final.pth")]
+    )  # fmt: skip
+    single = train_net.main(args)
+    distributed = report["results"]
+    assert set(distributed) == set(single) == {"panoptic_seg", "sem_seg", "segm"}
+    for task, metrics in single.items():
+        for metric, value in metrics.items():
+            assert distributed[task][metric] == pytest.approx(value, abs=1e-9, nan_ok=True), (
+                task,
+                metric,
+            )
