@@ -70,7 +70,13 @@ class PanopticClassTables:
 
         ecfg = cfg.MODEL.EFFICIENTPS
         if len(ecfg.STUFF_CHANNELS) or len(ecfg.THING_CHANNELS):
-            return cls(tuple(ecfg.STUFF_CHANNELS), tuple(ecfg.THING_CHANNELS))
+            try:
+                return cls(tuple(ecfg.STUFF_CHANNELS), tuple(ecfg.THING_CHANNELS))
+            except ValueError as e:
+                raise ValueError(
+                    f"MODEL.EFFICIENTPS.STUFF_CHANNELS={list(ecfg.STUFF_CHANNELS)} and "
+                    f"THING_CHANNELS={list(ecfg.THING_CHANNELS)}: {e}"
+                ) from e
         names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
         if not names:
             raise ValueError(

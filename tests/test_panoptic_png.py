@@ -162,3 +162,84 @@ def test_damaged_files_give_errors_naming_the_file(tmp_path):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(PanopticFormatError, match=f"{name}.*({expected[name]})"):
             read_panoptic_png(str(tmp_path / name))
+
+
+def _fuzzed_pngs(good, rng, count):
+    """Structure-aware mutations of a valid RGB PNG, every chunk with a valid CRC: damaged IHDR
+    fields, row filter bytes, inflated sizes, chunk lengths, split or padded image data."""
+    header = good[16:29]
+    width, height, *rest = struct.unpack(">IIBBBBB", header)
+    idat = b"".join(body for kind, body in panoptic_png._chunks(good, "good") if kind == b"IDAT")
+    raw = bytearray(zlib.decompress(idat))
+    row_bytes = width * 3 + 1
+
+    def png(ihdr=header, data=None, chunks=None):
+        chunks = chunks or [_chunk(b"IDAT", zlib.compress(bytes(raw if data is None else data)))]
+        return (
+            panoptic_png.PNG_SIGNATURE
+            + _chunk(b"IHDR", ihdr)
+            + b"".join(chunks)
+            + _chunk(b"IEND", b"")
+        )
+
+    sizes = (0, 1, 2, 0x7FFFFFFF, 0xFFFFFFFF)
+    for _ in range(count):
+        kind = rng.integers(6)
+        if kind == 0:  # one IHDR field
+            fields = [width, height, *rest]
+            field = int(rng.integers(7))
+            if field < 2:
+                fields[field] = int(rng.choice([*sizes, fields[field] + int(rng.integers(-3, 4))]))
+            else:
+                fields[field] = int(rng.integers(256))
+            yield png(ihdr=struct.pack(">IIBBBBB", *fields))
+        elif kind == 1:  # filter bytes of a few rows
+            data = bytearray(raw)
+            for row in rng.integers(height, size=int(rng.integers(1, 4))):
+                data[int(row) * row_bytes] = int(rng.integers(256))
+            yield png(data=data)
+        elif kind == 2:  # image data cut or extended
+            cut = int(rng.integers(1, len(raw)))
+            yield png(data=raw[:cut] if rng.integers(2) else raw + raw[:cut])
+        elif kind == 3:  # random bytes of the compressed stream (CRC recomputed)
+            stream = bytearray(zlib.compress(bytes(raw)))
+            for position in rng.integers(len(stream), size=int(rng.integers(1, 6))):
+                stream[int(position)] = int(rng.integers(256))
+            yield png(chunks=[_chunk(b"IDAT", bytes(stream))])
+        elif kind == 4:  # a chunk length field that lies
+            chunk = bytearray(_chunk(b"IDAT", zlib.compress(bytes(raw))))
+            chunk[:4] = struct.pack(">I", int(rng.choice([0, 1, len(chunk), 0xFFFFFFFF])))
+            yield png(chunks=[bytes(chunk)])
+        else:  # image data split into pieces, with an unknown ancillary chunk between
+            stream = zlib.compress(bytes(raw))
+            cut = int(rng.integers(1, len(stream)))
+            pieces = [
+                _chunk(b"IDAT", stream[:cut]),
+                _chunk(b"zzZz", b"x"),
+                _chunk(b"IDAT", stream[cut:]),
+            ]
+            yield png(chunks=pieces)
+
+
+def test_fuzzed_pngs_decode_or_fail_cleanly(tmp_path):
+    """Keeps the compiled decoder honest: damaged files give ids or a PanopticFormatError
+    naming the file, never another exception (or a crash of the process)."""
+    ids = (np.random.default_rng(0).integers(0, 6, (40, 57)) * 1000 + 7).astype(np.uint32)
+    path = str(tmp_path / "good.png")
+    write_panoptic_png(path, ids)
+    with open(path, "rb") as f:
+        good = f.read()
+    decoded = failed = 0
+    for i, data in enumerate(_fuzzed_pngs(good, np.random.default_rng(1), 600)):
+        fuzzed = tmp_path / f"fuzz{i:03d}.png"
+        fuzzed.write_bytes(data)
+        try:
+            result = read_panoptic_png(str(fuzzed))
+        except PanopticFormatError as e:
+            assert f"fuzz{i:03d}.png" in str(e)
+            failed += 1
+        else:
+            width, height = struct.unpack(">II", data[16:24])
+            assert result.shape == (height, width) and result.dtype == np.uint32
+            decoded += 1
+    assert decoded > 50 and failed > 300, (decoded, failed)

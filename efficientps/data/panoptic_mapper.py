@@ -35,6 +35,16 @@ def _read(path, fmt, what):
         raise DatasetFormatError(f"cannot read {what} {path}: {e}") from e
 
 
+def _scale_range(cfg):
+    scale_range = list(cfg.INPUT.SCALE_RANGE)
+    if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
+        raise ValueError(
+            f"INPUT.SCALE_RANGE={scale_range}; expected [min, max] with 0 < min <= max "
+            "(the paper: [0.5, 2.0])"
+        )
+    return scale_range
+
+
 class EfficientPSPanopticMapper:
     """Maps a panoptic dataset record to EfficientPS' training or inference inputs.
 
@@ -74,7 +84,7 @@ class EfficientPSPanopticMapper:
                     cfg.INPUT.MAX_SIZE_TRAIN,
                     cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
                 ),
-                RandomScale(*cfg.INPUT.SCALE_RANGE),
+                RandomScale(*_scale_range(cfg)),
             ]
             if cfg.INPUT.CROP.ENABLED:
                 augmentations.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))

@@ -34,6 +34,21 @@ def build_activation(name):
     raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")
 
 
+def check_layer_names(cfg, node):
+    """Fail naming the key when MODEL.<node>'s NORM / *ACTIVATION is not a known name.
+
+    Called by each component's builder, so a typo fails before any layer is built.
+    """
+    values = cfg.MODEL[node]
+    for key, allowed in (
+        ("NORM", NORMS),
+        ("ACTIVATION", ACTIVATIONS),
+        ("DECONV_ACTIVATION", ACTIVATIONS),
+    ):
+        if key in values and values[key] not in allowed:
+            raise ValueError(f"MODEL.{node}.{key}={values[key]!r}; expected one of {allowed}")
+
+
 def group_norm_groups(channels, max_groups=32):
     """Largest group count <= max_groups dividing ``channels`` (EfficientNet has 24, 40...)."""
     return math.gcd(channels, max_groups)

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from torchvision.ops import stochastic_depth
 
 from ..checkpointing import checkpointed, checkpointing_active
-from ..layers import SamePadConv2d, build_activation, build_norm, same_pad
+from ..layers import SamePadConv2d, build_activation, build_norm, check_layer_names, same_pad
 
 logger = logging.getLogger(__name__)
 
@@ -374,6 +374,7 @@ def build_efficientnet_backbone(cfg, input_shape=None):
     if input_shape is not None and input_shape.channels not in (None, 3):
         raise ValueError(f"EfficientNet takes 3-channel images, got {input_shape.channels}")
     ecfg = cfg.MODEL.EFFICIENTNET
+    check_layer_names(cfg, "EFFICIENTNET")
     backbone = EfficientNet(
         name=ecfg.NAME,
         se=ecfg.SE,

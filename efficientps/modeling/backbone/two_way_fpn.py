@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..checkpointing import checkpointed, checkpointing_active
-from ..layers import conv_norm_act, conv_or_separable
+from ..layers import check_layer_names, conv_norm_act, conv_or_separable
 from .efficientnet import build_efficientnet_backbone
 
 
@@ -135,6 +135,7 @@ TOP_BLOCKS = {"": None, "maxpool": LastLevelMaxPool}
 def build_efficientnet_2wayfpn_backbone(cfg, input_shape=None):
     """EfficientNet + 2-way FPN (EfficientPS' backbone), from MODEL.EFFICIENTNET/TWO_WAY_FPN."""
     fcfg = cfg.MODEL.TWO_WAY_FPN
+    check_layer_names(cfg, "TWO_WAY_FPN")
     if fcfg.TOP_BLOCK not in TOP_BLOCKS:
         raise ValueError(
             f"MODEL.TWO_WAY_FPN.TOP_BLOCK={fcfg.TOP_BLOCK!r}; expected one of {list(TOP_BLOCKS)}"

@@ -23,7 +23,7 @@ from detectron2.structures import Boxes, Instances
 from fvcore.nn import weight_init
 from torch import nn
 
-from ..layers import build_activation, conv_or_separable
+from ..layers import build_activation, check_layer_names, conv_or_separable
 from ..roi_align import use_fast_cpu_roi_align
 
 
@@ -62,6 +62,7 @@ class EfficientPSRPNHead(nn.Module):
         channels = {s.channels for s in input_shape}
         if len(channels) != 1:
             raise ValueError(f"RPN levels must have the same channels, got {sorted(channels)}")
+        check_layer_names(cfg, "RPN")
         anchor_generator = build_anchor_generator(cfg, input_shape)
         if len(set(anchor_generator.num_anchors)) != 1:
             raise ValueError("each RPN level must have the same number of anchors per position")
@@ -115,6 +116,7 @@ class EfficientPSBoxHead(nn.Sequential):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
+        check_layer_names(cfg, "ROI_BOX_HEAD")
         return {
             "input_shape": input_shape,
             "num_fc": cfg.MODEL.ROI_BOX_HEAD.NUM_FC,
@@ -178,6 +180,7 @@ class EfficientPSMaskHead(BaseMaskRCNNHead, nn.Sequential):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
+        check_layer_names(cfg, "ROI_MASK_HEAD")
         args = super().from_config(cfg, input_shape)
         mcfg = cfg.MODEL.ROI_MASK_HEAD
         args.update(

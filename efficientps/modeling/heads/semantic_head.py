@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..checkpointing import checkpointed, checkpointing_active
-from ..layers import SeparableConv2d, conv_norm_act
+from ..layers import SeparableConv2d, check_layer_names, conv_norm_act
 
 PAPER_DPC_DILATIONS = ((1, 6), (1, 1), (6, 21), (18, 15), (6, 3))
 
@@ -175,6 +175,13 @@ class EfficientPSSemSegHead(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape):
         hcfg = cfg.MODEL.SEM_SEG_HEAD
+        check_layer_names(cfg, "SEM_SEG_HEAD")
+        dilations = [tuple(d) for d in hcfg.DPC_DILATIONS]
+        if len(dilations) != 5 or any(len(d) != 2 for d in dilations):
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.DPC_DILATIONS={hcfg.DPC_DILATIONS}; expected 5 (row, col) "
+                "pairs, one per DPC branch (the paper: [[1, 6], [1, 1], [6, 21], [18, 15], [6, 3]])"
+            )
         return {
             "input_shape": {k: v for k, v in input_shape.items() if k in hcfg.IN_FEATURES},
             "num_classes": hcfg.NUM_CLASSES,
@@ -182,7 +189,7 @@ class EfficientPSSemSegHead(nn.Module):
             "conv_dims": hcfg.CONVS_DIM,
             "norm": hcfg.NORM,
             "activation": hcfg.ACTIVATION,
-            "dpc_dilations": [tuple(d) for d in hcfg.DPC_DILATIONS],
+            "dpc_dilations": dilations,
             "ignore_value": hcfg.IGNORE_VALUE,
             "loss_weight": hcfg.LOSS_WEIGHT,
             "hard_pixel_fraction": hcfg.HARD_PIXEL_FRACTION,

@@ -91,13 +91,15 @@ class EfficientPS(nn.Module):
             raise ValueError(f"MODEL.EFFICIENTPS.FUSION={fusion!r}; expected one of {FUSIONS}")
         if sem_seg_head.num_classes != class_tables.num_classes:
             raise ValueError(
-                f"semantic head predicts {sem_seg_head.num_classes} classes but the class tables "
+                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES: the semantic head predicts "
+                f"{sem_seg_head.num_classes} classes but the class tables "
                 f"have {class_tables.num_classes} ({len(class_tables.stuff_channels)} stuff + "
                 f"{class_tables.num_things} things)"
             )
         if roi_heads.num_classes != class_tables.num_things:
             raise ValueError(
-                f"ROI heads predict {roi_heads.num_classes} thing classes but the class tables "
+                f"MODEL.ROI_HEADS.NUM_CLASSES: the ROI heads predict {roi_heads.num_classes} "
+                "thing classes but the class tables "
                 f"have {class_tables.num_things}"
             )
         self.backbone = backbone
