@@ -1,10 +1,12 @@
 """Shared pieces of the benchmark scripts: timing, peak memory, model builders, tables."""
 
 import gc
+import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -12,10 +14,9 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone, build_model
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from efficientps import add_efficientps_config
 
-from efficientps import add_efficientps_config  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CITYSCAPES_CONFIG = os.path.join(
     REPO, "configs", "Cityscapes-PanopticSegmentation", "efficientps_b5_2wayfpn_bs16_1024x2048.yaml"
@@ -107,6 +108,16 @@ def build(cfg, what="model"):
 
 def count_parameters(module):
     return sum(p.numel() for p in module.parameters())
+
+
+def run_worker(script, arguments, env=None):
+    """Run ``python script arguments`` (a fresh process: its own peak RSS and allocator) and
+    return the JSON object its last line of output prints."""
+    command = [sys.executable, script, *arguments]
+    out = subprocess.run(command, capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise RuntimeError(f"{' '.join(arguments)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def fvcore_gflops(module, inputs):

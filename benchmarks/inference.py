@@ -21,8 +21,6 @@ in a separate child process.
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 
 import torch
@@ -34,6 +32,7 @@ from common import (
     panoptic_fpn_r50_cfg,
     peak_rss_mb,
     print_table,
+    run_worker,
 )
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
@@ -116,12 +115,8 @@ def check_worker(kind, variant, height, width):
 
 
 def run_child(kind, variant, size, runs, mode="time"):
-    command = [sys.executable, __file__, "--worker", kind, variant, size, "--runs", str(runs)]
-    command += ["--check"] if mode == "check" else []
-    out = subprocess.run(command, capture_output=True, text=True)
-    if out.returncode:
-        raise RuntimeError(f"{kind}/{variant}/{size} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    arguments = ["--worker", kind, variant, size, "--runs", str(runs)]
+    return run_worker(__file__, arguments + (["--check"] if mode == "check" else []))
 
 
 def main(argv=None):

@@ -22,7 +22,11 @@ PAPER = {"params": 40.89e6, "flops": 433.94e9}
 
 
 class TensorInterface(nn.Module):
-    """image tensor -> (panoptic ids, semantic logits), for the tracer of fvcore."""
+    """image tensor -> (panoptic ids, semantic logits), for the tracer of fvcore.
+
+    detectron2.utils.analysis.FlopCountAnalysis would do this wrapping, but on v0.6 importing it
+    imports detectron2.export, which needs caffe2 (gone from PyTorch since 1.x wheels).
+    """
 
     def __init__(self, model):
         super().__init__()

@@ -244,10 +244,52 @@ def main(argv=None):
 
 
 def compare(writer, folder, args):
-    gt_json = os.path.join(folder, "gtFine", "cityscapes_panoptic_val.json")
-    pred_json = os.path.join(folder, "pred.json")
-    gt_dir = os.path.join(folder, "gtFine", "cityscapes_panoptic_val")
-    pred_dir = os.path.join(folder, "pred")
+    """Print the accuracy/speed table, the whole-command table and where our time goes."""
+    paths = {
+        "gt_json": os.path.join(folder, "gtFine", "cityscapes_panoptic_val.json"),
+        "gt_dir": os.path.join(folder, "gtFine", "cityscapes_panoptic_val"),
+        "pred_json": os.path.join(folder, "pred.json"),
+        "pred_dir": os.path.join(folder, "pred"),
+    }
+    evaluators, commands = _contenders(folder, **paths)
+    seconds, results = {}, {}
+    for name, run in evaluators.items():
+        with silenced_stdout():
+            seconds[name], _ = median_seconds(run, runs=args.runs)
+            results[name] = run()
+    print_table(
+        f"PQ on {args.images} images at {args.size}, PNGs written by {writer}, "
+        f"median of {args.runs}",
+        ("evaluator", "PQ", "PQ_th", "PQ_st", "max diff", "seconds", "speed-up", "x ours"),
+        _accuracy_rows(results, seconds),
+    )
+    whole = {name: command_seconds(command, args.runs) for name, command in commands.items()}
+    ours = whole["python -m efficientps_pq"]
+    print_table(
+        f"The whole command (process start, imports, evaluation), median of {args.runs}",
+        ("command", "seconds", "x ours"),
+        [(name, f"{t:.2f}", f"{t / ours:.2f}") for name, t in whole.items()],
+    )
+    read_ms, add_ms = stage_times(**paths)
+    imports = import_seconds(commands["python -m efficientps_pq"][:3] + ["--help"])
+    print_table(
+        "Where our time goes (one thread, medians over the images; the rest of the whole "
+        "command is Python's start, numba loading its compiled loops and the threads)",
+        ("stage", "time"),
+        [
+            ("read_panoptic_png, per PNG", f"{read_ms:.1f} ms"),
+            ("PQAccumulator.add (pair counting + matching), per image", f"{add_ms:.1f} ms"),
+            ("imports of python -m efficientps_pq", f"{imports:.2f} s"),
+            (
+                "whole command - imports - evaluation",
+                f"{ours - imports - seconds['efficientps']:.2f} s",
+            ),
+        ],
+    )
+
+
+def _contenders(folder, gt_json, gt_dir, pred_json, pred_dir):
+    """In-process evaluators {name: () -> results} and whole commands {name: argv}."""
     evaluators = {
         "cityscapesscripts (1 core)": lambda: cityscapesscripts_pq(
             gt_json, gt_dir, pred_json, pred_dir
@@ -272,12 +314,13 @@ def compare(writer, folder, args):
             "import sys; from hotcoco.panoptic import pq_compute; pq_compute(*sys.argv[1:])",
             hotcoco_gt, hotcoco_pred, gt_dir, pred_dir,
         ]  # fmt: skip
-    seconds, results = {}, {}
-    for name, run in evaluators.items():
-        with silenced_stdout():
-            seconds[name], _ = median_seconds(run, runs=args.runs)
-            results[name] = run()
-    theirs = results["cityscapesscripts (1 core)"]
+    return evaluators, commands
+
+
+def _accuracy_rows(results, seconds):
+    """One row per evaluator: PQ values, largest difference from cityscapesscripts, speed."""
+    reference = "cityscapesscripts (1 core)"
+    theirs = results[reference]
     rows = []
     for name, r in results.items():
         differences = [
@@ -297,39 +340,11 @@ def compare(writer, folder, args):
                 f"{100 * r['Stuff']['pq']:.4f}",
                 f"{max(differences):.1e}",
                 f"{seconds[name]:.2f}",
-                f"{seconds['cityscapesscripts (1 core)'] / seconds[name]:.1f}",
+                f"{seconds[reference] / seconds[name]:.1f}",
                 f"{seconds[name] / seconds['efficientps']:.2f}",
             )
         )
-    print_table(
-        f"PQ on {args.images} images at {args.size}, PNGs written by {writer}, "
-        f"median of {args.runs}",
-        ("evaluator", "PQ", "PQ_th", "PQ_st", "max diff", "seconds", "speed-up", "x ours"),
-        rows,
-    )
-    whole = {name: command_seconds(command, args.runs) for name, command in commands.items()}
-    ours = whole["python -m efficientps_pq"]
-    print_table(
-        f"The whole command (process start, imports, evaluation), median of {args.runs}",
-        ("command", "seconds", "x ours"),
-        [(name, f"{t:.2f}", f"{t / ours:.2f}") for name, t in whole.items()],
-    )
-    read_ms, add_ms = stage_times(gt_json, gt_dir, pred_json, pred_dir)
-    imports = import_seconds(commands["python -m efficientps_pq"][:3] + ["--help"])
-    print_table(
-        "Where our time goes (one thread, medians over the images; the rest of the whole "
-        "command is Python's start, numba loading its compiled loops and the threads)",
-        ("stage", "time"),
-        [
-            ("read_panoptic_png, per PNG", f"{read_ms:.1f} ms"),
-            ("PQAccumulator.add (pair counting + matching), per image", f"{add_ms:.1f} ms"),
-            ("imports of python -m efficientps_pq", f"{imports:.2f} s"),
-            (
-                "whole command - imports - evaluation",
-                f"{ours - imports - seconds['efficientps']:.2f} s",
-            ),
-        ],
-    )
+    return rows
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ gradients.
 import argparse
 import json
 import os
-import subprocess
-import sys
 
 import torch
 from common import (
@@ -28,6 +26,7 @@ from common import (
     panoptic_fpn_r50_cfg,
     peak_rss_mb,
     print_table,
+    run_worker,
 )
 from detectron2.structures import BitMasks, Instances
 from detectron2.utils.events import EventStorage
@@ -106,12 +105,8 @@ ALLOCATORS = {"glibc default": {}, "fixed mmap threshold": {"MALLOC_MMAP_THRESHO
 
 
 def run_child(kind, size, runs, allocator="glibc default"):
-    command = [sys.executable, __file__, "--worker", kind, "--size", size, "--runs", str(runs)]
-    env = dict(os.environ, **ALLOCATORS[allocator])
-    out = subprocess.run(command, capture_output=True, text=True, env=env)
-    if out.returncode:
-        raise RuntimeError(f"{kind} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    arguments = ["--worker", kind, "--size", size, "--runs", str(runs)]
+    return run_worker(__file__, arguments, env=dict(os.environ, **ALLOCATORS[allocator]))
 
 
 def main(argv=None):

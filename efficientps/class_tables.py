@@ -11,6 +11,14 @@ from dataclasses import dataclass
 from typing import Tuple
 
 
+def channel_to_dataset_id(metadata):
+    """{semantic channel: the dataset's own category id} from detectron2 panoptic metadata."""
+    return {
+        **{v: k for k, v in metadata.stuff_dataset_id_to_contiguous_id.items()},
+        **{v: k for k, v in metadata.thing_dataset_id_to_contiguous_id.items()},
+    }
+
+
 @dataclass(frozen=True)
 class PanopticClassTables:
     stuff_channels: Tuple[int, ...]

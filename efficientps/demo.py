@@ -23,7 +23,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
-from .class_tables import PanopticClassTables
+from .class_tables import PanopticClassTables, channel_to_dataset_id
 from .config import add_efficientps_config
 from .engine.setup import check_weights_fit, read_checkpoint
 from .evaluation import write_panoptic_png
@@ -97,13 +97,6 @@ def iter_frames(path):
         yield index, frame
         index += 1
     video.release()
-
-
-def channel_to_dataset_id(metadata):
-    return {
-        **{v: k for k, v in metadata.stuff_dataset_id_to_contiguous_id.items()},
-        **{v: k for k, v in metadata.thing_dataset_id_to_contiguous_id.items()},
-    }
 
 
 def save_outputs(output, image_bgr, metadata, out_prefix):

@@ -88,6 +88,47 @@ class SegmentTable:
         )
 
 
+def _check_prediction_ids(pred_ids, pred, pi, image_name):
+    """The prediction's PNG ids must be exactly its segments_info's (id 0 is void)."""
+    if (pi == UNLISTED).any():
+        unknown = np.setdiff1d(np.unique(pred_ids), np.append(pred.ids, VOID))
+        raise PanopticFormatError(
+            f"{image_name}: predicted segment ids {unknown[:10].tolist()} are in the PNG but "
+            "not in its segments_info"
+        )
+    absent = np.setdiff1d(pred.ids, np.unique(pi[pi != VOID]))  # only listed ids remain
+    if len(absent):
+        raise PanopticFormatError(
+            f"{image_name}: predicted segments {absent[:10].tolist()} are listed but not in "
+            "the PNG"
+        )
+
+
+class _Overlaps:
+    """The (gt id, pred id, pixels) runs of one image as table rows, and per-segment areas.
+
+    ``gt_row``/``pred_row``: row of each run's segment in its table, -1 for unlisted ids (void).
+    ``pred_area``/``gt_area``: pixels of each segment; ``void_of_pred``: its pixels on gt void.
+    """
+
+    def __init__(self, gt, pred, gi, pi, inter):
+        self.inter = inter
+        self.gt_row = _rows(gt.ids, gi)
+        self.pred_row = _rows(pred.ids, pi)
+        self.pred_area = _sum_by_row(self.pred_row, inter, len(pred.ids))
+        self.gt_area = _sum_by_row(self.gt_row, inter, len(gt.ids))
+        on_void = (gi == VOID) & (self.pred_row >= 0)
+        self.void_of_pred = np.zeros(len(pred.ids), np.int64)
+        np.add.at(self.void_of_pred, self.pred_row[on_void], inter[on_void])
+
+
+def _sum_by_row(rows, values, length):
+    total = np.zeros(length, np.int64)
+    listed = rows >= 0
+    np.add.at(total, rows[listed], values[listed])
+    return total
+
+
 class PQAccumulator:
     """Per-category IoU sums and TP/FP/FN counts, added up image by image (constant memory).
 
@@ -127,39 +168,21 @@ class PQAccumulator:
         gt = SegmentTable.from_segments(gt_segments, self.category_index, image_name, "gt")
         pred = SegmentTable.from_segments(pred_segments, self.category_index, image_name, "pred")
         gi, pi, inter = intersections(gt_ids, pred_ids, gt.ids, pred.ids)
+        _check_prediction_ids(pred_ids, pred, pi, image_name)
+        overlaps = _Overlaps(gt, pred, gi, pi, inter)
+        gt_matched, pred_matched = self._count_matches(gt, pred, overlaps)
+        np.add.at(self.fn, gt.categories[~gt_matched & ~gt.crowd], 1)
+        self._count_false_positives(gt, pred, overlaps, gt_matched, pred_matched)
 
-        # Prediction ids must be exactly its segments (id 0 is void).
-        if (pi == UNLISTED).any():
-            unknown = np.setdiff1d(np.unique(pred_ids), np.append(pred.ids, VOID))
-            raise PanopticFormatError(
-                f"{image_name}: predicted segment ids {unknown[:10].tolist()} are in the PNG but "
-                "not in its segments_info"
-            )
-        pred_present = np.unique(pi[pi != VOID])  # only listed ids remain
-        absent = np.setdiff1d(pred.ids, pred_present)
-        if len(absent):
-            raise PanopticFormatError(
-                f"{image_name}: predicted segments {absent[:10].tolist()} are listed but not in "
-                "the PNG"
-            )
-
-        # Row of each segment id in its table; -1 for ids the table does not list.
-        gt_row = _rows(gt.ids, gi)
-        pred_row = _rows(pred.ids, pi)
-        pred_area = np.zeros(len(pred.ids), np.int64)
-        np.add.at(pred_area, pred_row[pred_row >= 0], inter[pred_row >= 0])
-        gt_area = np.zeros(len(gt.ids), np.int64)
-        np.add.at(gt_area, gt_row[gt_row >= 0], inter[gt_row >= 0])
-        void_of_pred = np.zeros(len(pred.ids), np.int64)
-        on_void = (gi == VOID) & (pred_row >= 0)
-        np.add.at(void_of_pred, pred_row[on_void], inter[on_void])
-
-        # Matches: same category, non-crowd gt, IoU > 0.5 (void excluded from the union).
-        candidate = (gt_row >= 0) & (pred_row >= 0)
-        g, p, n = gt_row[candidate], pred_row[candidate], inter[candidate]
+    def _count_matches(self, gt, pred, overlaps):
+        """True positives: same category, non-crowd gt, IoU > 0.5 (void excluded from the
+        union). Returns which gt and which predicted segments matched."""
+        o = overlaps
+        candidate = (o.gt_row >= 0) & (o.pred_row >= 0)
+        g, p, n = o.gt_row[candidate], o.pred_row[candidate], o.inter[candidate]
         same = (gt.categories[g] == pred.categories[p]) & ~gt.crowd[g]
         g, p, n = g[same], p[same], n[same]
-        union = pred_area[p] + gt_area[g] - n - void_of_pred[p]
+        union = o.pred_area[p] + o.gt_area[g] - n - o.void_of_pred[p]
         iou = n / union
         match = iou > 0.5
         np.add.at(self.tp, gt.categories[g[match]], 1)
@@ -168,24 +191,25 @@ class PQAccumulator:
         gt_matched[g[match]] = True
         pred_matched = np.zeros(len(pred.ids), bool)
         pred_matched[p[match]] = True
+        return gt_matched, pred_matched
 
-        np.add.at(self.fn, gt.categories[~gt_matched & ~gt.crowd], 1)
-
-        # Unmatched predictions lying mostly on void or on their category's crowd region are
-        # not false positives. As in the reference, the last crowd segment of a category counts.
+    def _count_false_positives(self, gt, pred, overlaps, gt_matched, pred_matched):
+        """Unmatched predictions, except those lying mostly on void or on their category's
+        crowd region. As in the reference, the last crowd segment of a category counts."""
+        o = overlaps
         crowd_of_category = {}
         for row in np.flatnonzero(gt.crowd & ~gt_matched):
             crowd_of_category[int(gt.categories[row])] = row
-        ignored = void_of_pred.copy()
+        ignored = o.void_of_pred.copy()
         if crowd_of_category:
             crowd_row = np.full(len(self.categories), -1)
             for category, row in crowd_of_category.items():
                 crowd_row[category] = row
-            on_crowd = (gt_row >= 0) & (pred_row >= 0)
-            on_crowd &= crowd_row[pred.categories[np.maximum(pred_row, 0)]] == gt_row
-            np.add.at(ignored, pred_row[on_crowd], inter[on_crowd])
+            on_crowd = (o.gt_row >= 0) & (o.pred_row >= 0)
+            on_crowd &= crowd_row[pred.categories[np.maximum(o.pred_row, 0)]] == o.gt_row
+            np.add.at(ignored, o.pred_row[on_crowd], o.inter[on_crowd])
         unmatched = np.flatnonzero(~pred_matched)
-        false_positive = unmatched[ignored[unmatched] / pred_area[unmatched] <= 0.5]
+        false_positive = unmatched[ignored[unmatched] / o.pred_area[unmatched] <= 0.5]
         np.add.at(self.fp, pred.categories[false_positive], 1)
 
     def results(self):

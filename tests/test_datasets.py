@@ -263,3 +263,77 @@ def test_all_builtin_names_are_registered():
         ("train", "val"),
     ):  # fmt: skip
         assert f"{prefix}_{split}" in names
+
+
+def make_vistas_v2_tree(root, split_folder="validation"):
+    """The v2.0 download: images/ beside v2.0/panoptic/{*.png, panoptic_2020.json}."""
+    make_vistas_tree(root, f"{split_folder}/v2.0", version="v2.0")
+    nested = root / split_folder / "v2.0"
+    (nested / "images").rename(root / split_folder / "images")
+    (nested / "panoptic" / "panoptic_2018.json").rename(nested / "panoptic" / "panoptic_2020.json")
+
+
+def test_vistas_v2_nested_layout_end_to_end(tmp_path):
+    from efficientps.class_tables import PanopticClassTables
+    from efficientps.data import EfficientPSPanopticMapper
+
+    root = tmp_path / "mapillary_vistas"
+    make_vistas_v2_tree(root)
+    name = unique_name("vistas_v2")
+    metadata = register_mapillary_vistas(name, str(root), "val", "v2.0")
+    records = DatasetCatalog.get(name)
+    assert len(records) == 2
+    assert records[0]["file_name"] == str(root / "validation" / "images" / "vistas000.jpg")
+    assert records[0]["pan_seg_file_name"] == str(
+        root / "validation" / "v2.0" / "panoptic" / "vistas000.png"
+    )
+    mapper = EfficientPSPanopticMapper(
+        is_train=True,
+        augmentations=[],
+        class_tables=PanopticClassTables.from_metadata(metadata),
+        ignore_label=metadata.ignore_label,
+    )
+    out = mapper(records[0])
+    semantic = out["sem_seg"].numpy()
+    # make_vistas_tree: sky (channel 1) on top, road (0) below, a person (2) and a car (3).
+    assert semantic[0, 0] == 1 and semantic[-1, 0] == 0
+    assert semantic[30, 10] == 2 and semantic[30, 45] == 3
+    assert out["instances"].gt_classes.tolist() == [0, 1]  # person, car as thing indices
+    assert out["instances"].gt_boxes.tensor.tolist() == [
+        [5.0, 20.0, 15.0, 40.0],
+        [30.0, 25.0, 60.0, 45.0],
+    ]
+
+
+def test_builtin_datasets_are_found_under_detectron2_datasets(tmp_path):
+    """A fresh process with DETECTRON2_DATASETS set finds KITTI and Vistas v2.0 there."""
+    import os
+    import subprocess
+    import sys
+
+    make_kitti_tree(tmp_path / "kitti_panoptic", "validation")
+    load_script("prepare_kitti_panoptic").main(
+        ["--root", str(tmp_path / "kitti_panoptic"), "--splits", "val"]
+    )
+    make_vistas_v2_tree(tmp_path / "mapillary_vistas")
+    code = (
+        "import json, efficientps; from detectron2.data import DatasetCatalog; "
+        "print(json.dumps({n: [r['file_name'] for r in DatasetCatalog.get(n)] "
+        "for n in ('kitti_panoptic_val', 'mapillary_vistas_v2_panoptic_val')}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(os.environ, DETECTRON2_DATASETS=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    files = json.loads(out.stdout.strip().splitlines()[-1])
+    assert files["kitti_panoptic_val"] == [
+        str(tmp_path / "kitti_panoptic" / "validation" / "images" / f"{k:06d}.png") for k in (0, 1)
+    ]
+    assert files["mapillary_vistas_v2_panoptic_val"] == [
+        str(tmp_path / "mapillary_vistas" / "validation" / "images" / f"vistas{k:03d}.jpg")
+        for k in (0, 1)
+    ]

@@ -63,6 +63,16 @@ class EfficientPSPanopticMapper:
         ignore_label=255,
         crowd_in_semantic=True,
     ):
+        """
+        Args:
+            is_train: build training targets (sem_seg, instances) from the panoptic PNG; at
+                test time only the image is read and resized.
+            augmentations: detectron2 augmentations applied to the image and its maps.
+            image_format: the model's input format (INPUT.FORMAT).
+            class_tables: semantic channels of the stuff and thing classes.
+            ignore_label: semantic target of void pixels (must be the dataset's).
+            crowd_in_semantic: crowd regions keep their class in sem_seg (else ignored).
+        """
         self.is_train = is_train
         self.crowd_in_semantic = crowd_in_semantic
         self.augmentations = T.AugmentationList(augmentations)

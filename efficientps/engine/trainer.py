@@ -11,9 +11,9 @@ import weakref
 from collections import OrderedDict
 
 from detectron2.data import (
-    DatasetCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
+    get_detection_dataset_dicts,
 )
 from detectron2.engine import (
     AMPTrainer,
@@ -130,9 +130,9 @@ class EfficientPSTrainer(DefaultTrainer):
         return build_optimizer(cfg, model)
 
     def build_train_loader(self, cfg):
-        dataset = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])
-        for name in cfg.DATASETS.TRAIN[1:]:
-            dataset = dataset + DatasetCatalog.get(name)
+        # detectron2's concatenation (fails on an empty dataset, checks the class lists agree);
+        # panoptic records have no "annotations" to filter on.
+        dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
         self.train_sampler = ResumableTrainingSampler(len(dataset), seed=cfg.SEED)
         return build_detection_train_loader(
             dataset,

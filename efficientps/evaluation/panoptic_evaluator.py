@@ -21,7 +21,7 @@ from detectron2.utils import comm
 from efficientps_pq import PQAccumulator, format_table, read_panoptic_png, write_panoptic_png
 from efficientps_pq.kernels import add_confusion, relabel
 
-from ..class_tables import PanopticClassTables
+from ..class_tables import PanopticClassTables, channel_to_dataset_id
 from ..modeling.meta_arch.panoptic_fusion import channel_argmax
 from .rle import encode_mask
 
@@ -209,12 +209,9 @@ class EfficientPSEvaluator(DatasetEvaluator):
 
     def _write_predictions_json(self, predictions):
         """COCO-panoptic predictions in the dataset's own category ids (offline evaluation)."""
-        channel_to_dataset_id = {
-            **{v: k for k, v in self.metadata.stuff_dataset_id_to_contiguous_id.items()},
-            **{v: k for k, v in self.metadata.thing_dataset_id_to_contiguous_id.items()},
-        }
+        to_dataset_id = channel_to_dataset_id(self.metadata)
         for annotation in predictions:
             for s in annotation["segments_info"]:
-                s["category_id"] = channel_to_dataset_id[s["category_id"]]
+                s["category_id"] = to_dataset_id[s["category_id"]]
         with open(os.path.join(self.output_dir, "predictions.json"), "w") as f:
             json.dump({"annotations": predictions}, f)

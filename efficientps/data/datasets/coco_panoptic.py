@@ -75,21 +75,13 @@ def load_coco_panoptic(image_root, panoptic_root, panoptic_json, categories=None
     Image files are looked up as ``image_root/file_name``, or by basename anywhere below
     ``image_root`` (Cityscapes keeps them in per-city folders).
     """
-    if not os.path.isfile(panoptic_json):
-        raise FileNotFoundError(f"panoptic json not found: {panoptic_json}")
-    with open(panoptic_json) as f:
-        content = json.load(f)
-    for key in ("images", "annotations"):
-        if key not in content:
-            raise DatasetFormatError(f"{panoptic_json}: no '{key}' list (not COCO-panoptic)")
+    content = _read_panoptic_json(panoptic_json)
     categories = categories or content.get("categories")
     if not categories:
         raise DatasetFormatError(f"{panoptic_json}: no 'categories' and none given")
-    channel_of = {c["id"]: i for i, c in enumerate(categories)}
-    isthing = {c["id"]: bool(c.get("isthing")) for c in categories}
-
+    segment_converter = _SegmentConverter(categories, panoptic_json)
+    image_finder = _ImageFinder(image_root, panoptic_json)
     annotations = {a["image_id"]: a for a in content["annotations"]}
-    index = None
     records = []
     for image in content["images"]:
         annotation = annotations.pop(image["id"], None)
@@ -97,36 +89,13 @@ def load_coco_panoptic(image_root, panoptic_root, panoptic_json, categories=None
             raise DatasetFormatError(
                 f"{panoptic_json}: image {image['id']!r} ({image['file_name']}) has no annotation"
             )
-        file_name = os.path.join(image_root, image["file_name"])
-        if not os.path.isfile(file_name):
-            index = index if index is not None else _index_images(image_root)
-            if image["file_name"] not in index:
-                raise FileNotFoundError(
-                    f"{panoptic_json}: image {image['file_name']!r} not found under {image_root}"
-                )
-            file_name = index[image["file_name"]]
-        segments = []
-        for segment in annotation["segments_info"]:
-            if segment["category_id"] not in channel_of:
-                raise DatasetFormatError(
-                    f"{panoptic_json}: segment {segment['id']} of {annotation['file_name']} has "
-                    f"unknown category_id {segment['category_id']}"
-                )
-            segments.append(
-                {
-                    "id": segment["id"],
-                    "category_id": channel_of[segment["category_id"]],
-                    "iscrowd": int(segment.get("iscrowd", 0)),
-                    "isthing": isthing[segment["category_id"]],
-                    "area": segment.get("area"),
-                    "bbox": segment.get("bbox"),
-                }
-            )
         record = {
-            "file_name": file_name,
+            "file_name": image_finder(image["file_name"]),
             "image_id": image["id"],
             "pan_seg_file_name": os.path.join(panoptic_root, annotation["file_name"]),
-            "segments_info": segments,
+            "segments_info": [
+                segment_converter(s, annotation) for s in annotation["segments_info"]
+            ],
         }
         # detectron2 checks the image against these when present; absent means "don't know".
         record.update({k: image[k] for k in ("height", "width") if image.get(k)})
@@ -138,6 +107,63 @@ def load_coco_panoptic(image_root, panoptic_root, panoptic_json, categories=None
     if not records:
         raise DatasetFormatError(f"{panoptic_json}: no images")
     return records
+
+
+def _read_panoptic_json(panoptic_json):
+    if not os.path.isfile(panoptic_json):
+        raise FileNotFoundError(f"panoptic json not found: {panoptic_json}")
+    with open(panoptic_json) as f:
+        content = json.load(f)
+    for key in ("images", "annotations"):
+        if key not in content:
+            raise DatasetFormatError(f"{panoptic_json}: no '{key}' list (not COCO-panoptic)")
+    return content
+
+
+class _ImageFinder:
+    """``image_root/file_name``, else the file of that basename anywhere below ``image_root``
+    (the tree is indexed once, on the first image not found directly)."""
+
+    def __init__(self, image_root, panoptic_json):
+        self.image_root, self.panoptic_json = image_root, panoptic_json
+        self.index = None
+
+    def __call__(self, file_name):
+        path = os.path.join(self.image_root, file_name)
+        if os.path.isfile(path):
+            return path
+        if self.index is None:
+            self.index = _index_images(self.image_root)
+        if file_name not in self.index:
+            raise FileNotFoundError(
+                f"{self.panoptic_json}: image {file_name!r} not found under {self.image_root}"
+            )
+        return self.index[file_name]
+
+
+class _SegmentConverter:
+    """A segments_info entry with its dataset category id replaced by the semantic channel."""
+
+    def __init__(self, categories, panoptic_json):
+        self.channel_of = {c["id"]: i for i, c in enumerate(categories)}
+        self.isthing = {c["id"]: bool(c.get("isthing")) for c in categories}
+        self.panoptic_json = panoptic_json
+
+    def __call__(self, segment, annotation):
+        category = segment["category_id"]
+        if category not in self.channel_of:
+            raise DatasetFormatError(
+                f"{self.panoptic_json}: segment {segment['id']} of {annotation['file_name']} has "
+                f"unknown category_id {category}"
+            )
+        return {
+            "id": segment["id"],
+            "category_id": self.channel_of[category],
+            "iscrowd": int(segment.get("iscrowd", 0)),
+            "isthing": self.isthing[category],
+            "area": segment.get("area"),
+            "bbox": segment.get("bbox"),
+        }
 
 
 def register_coco_panoptic(

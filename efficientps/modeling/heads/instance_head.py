@@ -45,6 +45,14 @@ class EfficientPSRPNHead(nn.Module):
         norm="",
         activation="leaky_relu",
     ):
+        """
+        Args:
+            in_channels: channels of every input level (all the same).
+            num_anchors: anchors per position (the anchor generator's).
+            box_dim: box regression outputs per anchor.
+            separable: depthwise-separable 3x3 conv.
+            norm, activation: after the 3x3 conv (layers.NORMS, layers.ACTIVATIONS).
+        """
         super().__init__()
         self.conv = conv_or_separable(
             in_channels, in_channels, 3, separable=separable, norm=norm, act=activation
@@ -100,6 +108,13 @@ class EfficientPSBoxHead(nn.Sequential):
 
     @configurable
     def __init__(self, input_shape: ShapeSpec, *, num_fc=2, fc_dim=1024, norm="", activation=""):
+        """
+        Args:
+            input_shape: the pooled ROI features (channels, 7x7).
+            num_fc, fc_dim: number and width of the FC layers.
+            norm: 1-d norm after each FC ("" none; BN kinds become BatchNorm1d, or "GN").
+            activation: after each FC ("" = ReLU, detectron2's).
+        """
         super().__init__()
         in_dim = input_shape.channels * (input_shape.height or 1) * (input_shape.width or 1)
         self.add_module("flatten", nn.Flatten())
@@ -220,6 +235,11 @@ class EfficientPSROIHeads(StandardROIHeads):
 
     @configurable
     def __init__(self, *, fast_cpu_roi_align=True, **kwargs):
+        """
+        Args:
+            fast_cpu_roi_align: on CPU, pool with ``FastCPUROIAlign`` (same values, faster).
+            kwargs: StandardROIHeads' arguments.
+        """
         super().__init__(**kwargs)
         if fast_cpu_roi_align:
             use_fast_cpu_roi_align(self.box_pooler)
