@@ -45,7 +45,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m efficientps.demo_pipeline --output $(DEMO_DIR)
+	$(PY) tools/run_demo.py --output $(DEMO_DIR)
 
 # About 35 minutes on 2 cores; each script prints the table that README shows.
 bench: install

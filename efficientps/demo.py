@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .class_tables import PanopticClassTables, channel_to_dataset_id
 from .config import add_efficientps_config
 from .engine.setup import check_weights_fit, read_checkpoint
-from .evaluation import write_panoptic_png
+from .evaluation import read_panoptic_png, write_panoptic_png
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
@@ -164,6 +164,34 @@ def run(predictor, paths, output_dir):
         save_outputs(predictor(image), image, predictor.metadata, prefix)
         written.append(prefix)
     return written
+
+
+def ground_truth_vs_prediction_sheet(vis_paths, dataset_name, path, scale=2):
+    """One PNG to look at, written to ``path``: per row, the ground truth of an image of
+    ``dataset_name`` and its prediction (the ``*_vis.png`` that ``main`` wrote for it)."""
+    metadata = MetadataCatalog.get(dataset_name)
+    records = {os.path.basename(r["file_name"]): r for r in DatasetCatalog.get(metadata.name)}
+    rows = []
+    for vis_path in vis_paths:
+        record = records[os.path.basename(vis_path).replace("_vis.png", ".png")]
+        image = cv2.imread(record["file_name"])[:, :, ::-1]
+        ids = read_panoptic_png(record["pan_seg_file_name"])
+        segments = [
+            {"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
+            for s in record["segments_info"]
+        ]
+        truth = visualize_panoptic(image, ids, segments, metadata)
+        prediction = cv2.imread(vis_path)[:, :, ::-1]
+        rows.append(np.concatenate([truth, np.full((truth.shape[0], 4, 3), 255), prediction], 1))
+    sheet = np.concatenate(
+        [np.pad(r, ((0, 4), (0, 0), (0, 0)), constant_values=255) for r in rows], 0
+    ).astype(np.uint8)
+    sheet = cv2.resize(sheet, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    header = np.full((28, sheet.shape[1], 3), 255, np.uint8)
+    for text, x in (("ground truth", 8), ("EfficientPS prediction", sheet.shape[1] // 2 + 8)):
+        cv2.putText(header, text, (x, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1)
+    cv2.imwrite(path, np.concatenate([header, sheet], 0)[:, :, ::-1])
+    return path
 
 
 def main(argv=None):

@@ -1,13 +1,4 @@
-"""Hand-derived parameter counts from the spec, and a helper that prints measured ones."""
-
-
-def separable(cin, cout, k=3):
-    """Depthwise kxk (no bias) + BN, pointwise 1x1 (no bias) + BN."""
-    return cin * k * k + 2 * cin + cin * cout + 2 * cout
-
-
-def conv_bn(cin, cout, k):
-    return cin * cout * k * k + 2 * cout
+"""A helper that prints measured parameter counts (shown with pytest -s)."""
 
 
 def print_param_counts(modules):

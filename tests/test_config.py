@@ -11,17 +11,32 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = sorted(CONFIG_DIR.rglob("*.yaml"))
 
 
-def test_add_efficientps_config_adds_keys_once():
+def _flat(node, prefix=""):
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_add_efficientps_config_only_adds_keys_and_is_idempotent():
+    stock = _flat(get_cfg())
     cfg = get_cfg()
     add_efficientps_config(cfg)
-    assert cfg.MODEL.EFFICIENTNET.NAME == "efficientnet-b5"
-    assert cfg.MODEL.EFFICIENTNET.SE is False
-    assert cfg.MODEL.TWO_WAY_FPN.SEPARABLE is True
-    assert cfg.MODEL.SEM_SEG_HEAD.HARD_PIXEL_FRACTION == 0.25
-    assert cfg.MODEL.EFFICIENTPS.FUSION == "paper"
+    ours = _flat(cfg)
+    # detectron2's own defaults are untouched: our values live in the YAML configs.
+    assert {key: ours[key] for key in stock} == stock
+    added = set(ours) - set(stock)
+    assert added and all(k.startswith(("MODEL.", "INPUT.")) for k in added)
+    # A second call (e.g. by a project that also registers us) keeps what the user set.
     cfg.MODEL.EFFICIENTNET.NAME = "efficientnet-b0"
-    add_efficientps_config(cfg)  # a second call keeps what was set
+    cfg.INPUT.SCALE_RANGE = [0.75, 1.25]
+    add_efficientps_config(cfg)
     assert cfg.MODEL.EFFICIENTNET.NAME == "efficientnet-b0"
+    assert cfg.INPUT.SCALE_RANGE == [0.75, 1.25]
+    assert set(_flat(cfg)) == set(ours)
 
 
 def test_there_are_configs():

@@ -13,9 +13,8 @@ from detectron2.modeling import build_model
 from efficientps import add_efficientps_config
 from efficientps.data import synthetic
 from efficientps.data.datasets import register_synthetic_panoptic
-from efficientps.demo import UnreadableInputError
+from efficientps.demo import UnreadableInputError, ground_truth_vs_prediction_sheet
 from efficientps.demo import main as demo_main
-from efficientps.demo_pipeline import overview_sheet
 from efficientps.evaluation import read_panoptic_png
 from efficientps.modeling import configure_inference
 
@@ -93,8 +92,7 @@ def test_overview_sheet_puts_ground_truth_next_to_predictions(trained_files, tmp
                "--output", str(tmp_path), "--opts", *opts])  # fmt: skip
     name = opts[opts.index("DATASETS.TEST") + 1].strip("(',)")
     vis_paths = [str(tmp_path / f"{image.stem}_vis.png") for image in images[:2]]
-    (tmp_path / "visualisations").mkdir()
-    path = overview_sheet(str(tmp_path), vis_paths, scale=1, dataset_name=name)
+    path = ground_truth_vs_prediction_sheet(vis_paths, name, str(tmp_path / "sheet.png"), scale=1)
     sheet = cv2.imread(path)
     # A header, then per image a 4-pixel gap below: ground truth | 4 px | prediction.
     assert sheet.shape == (28 + 2 * (64 + 4), 128 + 4 + 128, 3)

@@ -15,7 +15,7 @@ from efficientps.modeling.heads import (
 )
 
 from .helpers import base_cfg, synthetic_instances
-from .param_counts import print_param_counts, separable
+from .param_counts import print_param_counts
 
 PYRAMID = {f"p{i}": ShapeSpec(channels=256, stride=2**i) for i in range(2, 6)}
 
@@ -51,21 +51,20 @@ def test_parameter_counts_match_the_spec():
             "mask head (8 classes)": roi.mask_head,
         }
     )
-    rpn_expected = (256 * 256 * 9 + 256) + (256 * 3 + 3) + (256 * 12 + 12)
-    box_expected = (256 * 7 * 7 * 1024 + 1024) + (1024 * 1024 + 1024)
-    box_expected += (1024 * 9 + 9) + (1024 * 8 * 4 + 8 * 4)  # class-specific regression
-    mask_expected = 4 * separable(256, 256) + (256 * 256 * 4 + 256) + (256 * 8 + 8)
-    assert list(counts.values()) == [rpn_expected, box_expected, mask_expected]
-    assert round(rpn_expected / 1e6, 2) == 0.59
-    assert round(box_expected / 1e6, 1) == 13.9
-    assert round(mask_expected / 1e6, 2) == 0.54
+    # RPN: 3x3 conv 256->256 + bias (590,080), objectness 256->3 (771), deltas 256->12 (3,084).
+    # Box: FC 12544->1024 (12,846,080), FC 1024->1024 (1,049,600), classes 1024->9 (9,225),
+    # class-specific deltas 1024->32 (32,800).
+    # Mask: 4 separable 3x3 256->256 with BN (4 x 68,864), 2x2 deconv 256->256 (262,400),
+    # logits 256->8 (2,056).
+    assert list(counts.values()) == [593_935, 13_937_705, 539_912]
 
 
 def test_rpn_separable_switch():
     regular = build_proposal_generator(cityscapes_cfg(SEPARABLE=False), PYRAMID)
     sep = build_proposal_generator(cityscapes_cfg(SEPARABLE=True, NORM="BN"), PYRAMID)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert count(regular) - count(sep) == (256 * 256 * 9 + 256) - separable(256, 256)
+    # regular 3x3 + bias: 590,080; separable (dw 2,304 + BN 512 + pw 65,536 + BN 512): 68,864
+    assert count(regular) - count(sep) == 590_080 - 68_864
 
 
 def test_rpn_head_shapes_on_odd_sizes():
@@ -86,7 +85,8 @@ def test_mask_head_gives_28x28_logits_per_class():
     regular.MODEL.ROI_MASK_HEAD.SEPARABLE = False
     regular_head = build_roi_heads(regular, PYRAMID).mask_head
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert count(regular_head) - count(head) == 4 * (256 * 256 * 9 + 512 - separable(256, 256))
+    # regular 3x3 + BN: 590,336 per conv; separable with two BNs: 68,864
+    assert count(regular_head) - count(head) == 4 * (590_336 - 68_864)
 
 
 def proposals_for(height, width, boxes):
@@ -96,19 +96,26 @@ def proposals_for(height, width, boxes):
     return proposals
 
 
-def test_roi_heads_return_mask_logits_whose_sigmoid_is_pred_masks():
+def test_roi_heads_return_the_mask_logits_of_each_detections_class():
     torch.manual_seed(0)
     cfg = cityscapes_cfg()
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # random weights: keep every detection
     roi = build_roi_heads(cfg, PYRAMID).eval()
+    # Mask logits that tell the classes apart: channel c is the constant c - 3.5 everywhere.
+    class_logit = torch.arange(8, dtype=torch.float32) - 3.5
+    with torch.no_grad():
+        roi.mask_head.predictor.weight.zero_()
+        roi.mask_head.predictor.bias.copy_(class_logit)
     boxes = [[10, 10, 80, 90], [40, 30, 150, 120], [100, 5, 200, 60]]
     with torch.no_grad():
         (detections,), _ = roi(None, features(160, 224), [proposals_for(160, 224, boxes)])
-    assert len(detections) > 0
+    classes = detections.pred_classes
+    assert len(classes.unique()) >= 2
     logits = detections.pred_mask_logits
     assert logits.shape == (len(detections), 1, 28, 28)
-    torch.testing.assert_close(logits.sigmoid(), detections.pred_masks)
-    assert (logits < 0).any() or (logits > 1).any()  # logits, not probabilities
+    expected = class_logit[classes].view(-1, 1, 1, 1).expand_as(logits)
+    assert torch.equal(logits, expected)  # logits (not probabilities) of the detection's class
+    torch.testing.assert_close(detections.pred_masks, expected.sigmoid())
 
 
 def test_roi_heads_train_and_every_parameter_gets_gradients():

@@ -7,6 +7,7 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
+from PIL import Image
 
 from efficientps.class_tables import PanopticClassTables
 from efficientps.data import EfficientPSPanopticMapper, synthetic
@@ -124,3 +125,54 @@ class _Fixed(T.Augmentation):
 
     def get_transform(self, image):
         return self.transform
+
+
+def test_targets_of_a_hand_built_image(tmp_path):
+    """A 4x6 panoptic PNG with known segments: the targets, written out by hand."""
+    from efficientps_pq import write_panoptic_png
+
+    ids = np.array(
+        [
+            [0, 11, 11, 20, 20, 0],
+            [11, 11, 11, 20, 20, 33],
+            [11, 11, 44, 44, 33, 33],
+            [11, 11, 44, 44, 33, 33],
+        ],
+        np.uint32,
+    )
+    write_panoptic_png(str(tmp_path / "pan.png"), ids)
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "image.png")
+    record = {
+        "file_name": str(tmp_path / "image.png"),
+        "pan_seg_file_name": str(tmp_path / "pan.png"),
+        "height": 4,
+        "width": 6,
+        "segments_info": [
+            {"id": 11, "category_id": 1, "iscrowd": 0},  # stuff channel 1
+            {"id": 20, "category_id": 7, "iscrowd": 0},  # thing channel 7 -> index 2
+            {"id": 33, "category_id": 5, "iscrowd": 0},  # thing channel 5 -> index 0
+            {"id": 44, "category_id": 6, "iscrowd": 1},  # crowd of thing channel 6
+        ],
+    }
+    mapper = EfficientPSPanopticMapper(
+        is_train=True,
+        augmentations=[],
+        class_tables=PanopticClassTables((0, 1, 2, 3, 4), (5, 6, 7)),
+        ignore_label=255,
+    )
+    out = mapper(record)
+    assert out["sem_seg"].tolist() == [
+        [255, 1, 1, 7, 7, 255],
+        [1, 1, 1, 7, 7, 5],
+        [1, 1, 6, 6, 5, 5],
+        [1, 1, 6, 6, 5, 5],
+    ]
+    instances = out["instances"]
+    assert instances.gt_classes.tolist() == [2, 0]  # crowd: never an instance
+    assert instances.gt_boxes.tensor.tolist() == [[3.0, 0.0, 5.0, 2.0], [4.0, 1.0, 6.0, 4.0]]
+    assert instances.gt_masks.tensor[1].int().tolist() == [
+        [0, 0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 1],
+        [0, 0, 0, 0, 1, 1],
+        [0, 0, 0, 0, 1, 1],
+    ]

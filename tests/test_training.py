@@ -215,3 +215,34 @@ def test_two_cpu_processes_train_and_keep_identical_replicas(datasets_root, tmp_
                 task,
                 metric,
             )
+
+
+def test_two_machines_with_one_process_each(datasets_root, tmp_path):
+    """The multi-node path (--num-machines 2, --machine-rank, --dist-url) as two 'machines' on
+    this host: both ranks train, rank 0 writes the checkpoint, the world size is 2."""
+    from efficientps.engine.launch import _free_port
+
+    dist_url = f"tcp://127.0.0.1:{_free_port()}"
+    common = [
+        sys.executable, TRAIN_NET, "--config-file", DEMO_CONFIG, "--num-gpus", "1",
+        "--num-machines", "2", "--dist-url", dist_url,
+    ]  # fmt: skip
+    opts = [*TINY, "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path)]
+    machines = [
+        subprocess.Popen(
+            [*common, "--machine-rank", str(rank), *opts],
+            env=child_env(datasets_root),
+            cwd=str(REPO),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [machine.communicate(timeout=600)[0] for machine in machines]
+    for machine, output in zip(machines, outputs):
+        assert machine.returncode == 0, output[-3000:]
+    assert (tmp_path / "model_final.pth").is_file()
+    log = (tmp_path / "log.txt").read_text()
+    assert "Rank of current process: 0. World size: 2" in log
+    assert "Rank of current process: 1. World size: 2" in (tmp_path / "log.txt.rank1").read_text()

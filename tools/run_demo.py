@@ -1,4 +1,7 @@
+#!/usr/bin/env python
 """`make demo`: the whole job on the embedded synthetic dataset, on the CPU, in one command.
+
+    python tools/run_demo.py --output output/demo [KEY VALUE ...]
 
 1. generates the synthetic street scenes under $DETECTRON2_DATASETS/synthetic (skipped if there),
 2. trains configs/demo/efficientps_synthetic_cpu.yaml with train_net.py (resumes if interrupted),
@@ -23,7 +26,7 @@ NUM_TRAIN, NUM_VAL = 300, 50
 
 def ensure_synthetic(root, size=DEMO_SIZE, num_train=NUM_TRAIN, num_val=NUM_VAL):
     """Generate the dataset unless a complete one of the same size is already there."""
-    from .data import synthetic
+    from efficientps.data import synthetic
 
     for split, count in (("train", num_train), ("val", num_val)):
         json_path = os.path.join(root, "gtFine", f"cityscapes_panoptic_{split}.json")
@@ -57,7 +60,7 @@ def train_and_evaluate(output_dir, config=DEMO_CONFIG, extra_opts=()):
 
 
 def visualise(output_dir, dataset_root, config=DEMO_CONFIG, num_images=4):
-    from . import demo
+    from efficientps import demo
 
     images = sorted(glob.glob(os.path.join(dataset_root, "leftImg8bit", "val", "*", "*.png")))
     weights = os.path.join(output_dir, "model_final.pth")
@@ -76,41 +79,6 @@ def visualise(output_dir, dataset_root, config=DEMO_CONFIG, num_images=4):
         ]
     )
     return sorted(glob.glob(os.path.join(vis_dir, "*_vis.png")))
-
-
-def overview_sheet(output_dir, vis_paths, scale=2, dataset_name="synthetic_panoptic_val"):
-    """One PNG to look at: per row the ground truth and the prediction of a val image."""
-    import cv2
-    import numpy as np
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    from .demo import visualize_panoptic
-    from .evaluation import read_panoptic_png
-
-    metadata = MetadataCatalog.get(dataset_name)
-    records = {os.path.basename(r["file_name"]): r for r in DatasetCatalog.get(metadata.name)}
-    rows = []
-    for vis_path in vis_paths:
-        record = records[os.path.basename(vis_path).replace("_vis.png", ".png")]
-        image = cv2.imread(record["file_name"])[:, :, ::-1]
-        ids = read_panoptic_png(record["pan_seg_file_name"])
-        segments = [
-            {"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
-            for s in record["segments_info"]
-        ]
-        truth = visualize_panoptic(image, ids, segments, metadata)
-        prediction = cv2.imread(vis_path)[:, :, ::-1]
-        rows.append(np.concatenate([truth, np.full((truth.shape[0], 4, 3), 255), prediction], 1))
-    sheet = np.concatenate(
-        [np.pad(r, ((0, 4), (0, 0), (0, 0)), constant_values=255) for r in rows], 0
-    ).astype(np.uint8)
-    sheet = cv2.resize(sheet, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-    header = np.full((28, sheet.shape[1], 3), 255, np.uint8)
-    for text, x in (("ground truth", 8), ("EfficientPS prediction", sheet.shape[1] // 2 + 8)):
-        cv2.putText(header, text, (x, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1)
-    path = os.path.join(output_dir, "visualisations", "overview.png")
-    cv2.imwrite(path, np.concatenate([header, sheet], 0)[:, :, ::-1])
-    return path
 
 
 def main(argv=None):
@@ -132,7 +100,10 @@ def main(argv=None):
     synthetic_root = ensure_synthetic(os.path.join(datasets_root, "synthetic"))
     results = train_and_evaluate(output_dir, extra_opts=args.opts)
     visualisations = visualise(output_dir, synthetic_root)
-    overview = overview_sheet(output_dir, visualisations)
+    from efficientps.demo import ground_truth_vs_prediction_sheet  # after DETECTRON2_DATASETS
+
+    overview = os.path.join(output_dir, "visualisations", "overview.png")
+    ground_truth_vs_prediction_sheet(visualisations, "synthetic_panoptic_val", overview)
 
     minutes = (time.perf_counter() - start) / 60
     panoptic = results.get("panoptic_seg", {})
