@@ -8,6 +8,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone, build_model
 from detectron2.utils.events import EventStorage
 from efficientnet_pytorch import EfficientNet as ReferenceEfficientNet
+from torch.nn import functional as F
 
 from efficientps import add_efficientps_config
 from efficientps.modeling import configure_inference
@@ -105,6 +106,34 @@ def test_both_fpn_paths_get_gradients():
         for name, p in path.named_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert all(p.grad is not None for p in backbone.bottom_up.parameters())
+
+
+def test_two_way_fpn_wiring_by_hand():
+    """The paper's 2-way FPN (separable outputs) on a tiny pyramid: its layers used as black
+    boxes, the paths written out by hand: top-down sums coarse-to-fine, bottom-up fine-to-coarse
+    (nearest resizing), one output conv on each level's sum."""
+    torch.manual_seed(0)
+    fpn = build_backbone(backbone_cfg(OUT_CHANNELS=8)).eval()
+    shapes = fpn.bottom_up.output_shape()
+    sizes = {"res2": (16, 20), "res3": (8, 10), "res4": (4, 5), "res5": (2, 3)}
+    inputs = [torch.randn(1, shapes[f].channels, *sizes[f]) for f in fpn.in_features]
+    with torch.no_grad():
+        ours = fpn._two_way_paths(*inputs)
+        top = [fpn.lateral_top_down[i](x) for i, x in enumerate(inputs)]
+        bottom = [fpn.lateral_bottom_up[i](x) for i, x in enumerate(inputs)]
+        resize = lambda x, like: F.interpolate(x, size=like.shape[-2:], mode="nearest")  # noqa
+        p5_td = top[3]
+        p4_td = top[2] + resize(p5_td, top[2])
+        p3_td = top[1] + resize(p4_td, top[1])
+        p2_td = top[0] + resize(p3_td, top[0])
+        p2_bu = bottom[0]
+        p3_bu = bottom[1] + resize(p2_bu, bottom[1])
+        p4_bu = bottom[2] + resize(p3_bu, bottom[2])
+        p5_bu = bottom[3] + resize(p4_bu, bottom[3])
+        sums = [p2_td + p2_bu, p3_td + p3_bu, p4_td + p4_bu, p5_td + p5_bu]
+        expected = [conv(x) for conv, x in zip(fpn.output_convs, sums)]
+    for level, (a, b) in enumerate(zip(ours, expected)):
+        torch.testing.assert_close(a, b, msg=f"p{level + 2}")
 
 
 def test_top_block_adds_p6():
