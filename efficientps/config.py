@@ -113,7 +113,9 @@ def _add_model_config(cfg):
     cfg.MODEL.EFFICIENTPS.FUSION_MASK_LOGIT_SCALE = 1.0
     # Which pixels an instance's fused logits compete for: "argmax" (the paper: argmax over
     # [stuff logits, FL of every kept instance] wherever its pasted mask logits are non-zero)
-    # or "owner" (only the pixels its mask took in the overlap filter).
+    # or "owner" (only the pixels its mask took in the overlap filter) or "authors" (their code:
+    # FL = 0 where the paste is 0, so the first instance takes pixels whose stuff logits are all
+    # negative; ML_B read in their box window).
     cfg.MODEL.EFFICIENTPS.FUSION_PIXEL_RULE = "argmax"
     # Loss weight of the learned fusion's panoptic cross entropy.
     cfg.MODEL.EFFICIENTPS.FUSION_LOSS_WEIGHT = 1.0

@@ -285,6 +285,32 @@ def test_no_fl_where_the_paste_is_zero_even_if_all_stuff_logits_are_negative():
     assert segment_of(panoptic, segments, 0, 8)["category_id"] == 0
 
 
+def test_authors_rule_gives_fl_zero_outside_the_paste():
+    # The same image as above: under the authors' rule the car's FL is 0 outside its paste,
+    # which beats every (negative) stuff logit, so the car takes the whole image.
+    box = (2, 2, 4, 4)
+    sem = torch.full((3, H, W), -3.0)
+    sem[0, :, 5:] = -2.0
+    sem[2, 2:4, 2:4] = 2.0
+    panoptic, segments = fuse(sem, [instance(box)], [box], [0.9], pixel_rule="authors")
+    assert [s["area"] for s in segments] == [H * W] and segments[0]["isthing"]
+    # Where a stuff logit is positive, FL = 0 does not win it.
+    sem[1, :, :5] = 0.5  # sky positive on the left
+    panoptic, segments = fuse(sem, [instance(box)], [box], [0.9], pixel_rule="authors")
+    assert segment_of(panoptic, segments, 0, 0)["category_id"] == 1
+    assert segment_of(panoptic, segments, 0, 8)["isthing"]
+
+
+def test_authors_ml_b_window_by_hand():
+    from efficientps.modeling.meta_arch.panoptic_fusion import _authors_box_slices, _box_slices
+
+    box = torch.tensor([10.3, 5.0, 20.0, 15.6])
+    # Theirs, inclusive box (10.3, 5.0, 19.0, 14.6): x from int(11.3) = 11 to round(18.0) = 18,
+    # y from int(6.0) = 6 to round(13.6) = 14, both ends included.
+    assert _authors_box_slices(box, 100, 100) == (slice(6, 15), slice(11, 19))
+    assert _box_slices(box, 100, 100) == (slice(5, 16), slice(10, 20))
+
+
 def test_the_paste_margin_beyond_the_box_competes():
     # 28x28 logits pasted into a box 56 px wide: bilinear weights reach half a cell (1 px)
     # beyond it, so pixel columns 9 and 66 (centres 9.5, 66.5) get non-zero logits although

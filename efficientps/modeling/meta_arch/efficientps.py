@@ -76,7 +76,8 @@ class EfficientPS(nn.Module):
                 ``fusion_stuff_area_reference`` (HxW), scaled with the output area.
             fusion_mask_logit_scale: multiplies the mask logits before fusing (authors' code: 4).
             fusion_pixel_rule: "argmax" (paper: every kept instance competes wherever its paste
-                reaches) or "owner" (only on the pixels the overlap filter gave it).
+                reaches), "owner" (only on the pixels the overlap filter gave it) or "authors"
+                (their code: FL = 0 where the paste is 0; see ``fuse_panoptic``).
             fusion_loss_weight, fusion_loss_scale: the learned fusion's loss weight and the
                 fraction of the input size it is computed at.
             inplace_abn: swap BN + LeakyReLU for in-place activated BN (training memory).

@@ -32,9 +32,20 @@ def fused_instance_logits(ml_a, ml_b):
 
 
 def _box_slices(box, height, width):
+    """The pixels a box touches."""
     x0, y0, x1, y1 = box.tolist()
     xs = slice(max(0, int(x0)), min(width, int(-(-x1 // 1))))
     ys = slice(max(0, int(y0)), min(height, int(-(-y1 // 1))))
+    return ys, xs
+
+
+def _authors_box_slices(box, height, width):
+    """The ML_B window of the authors' code: from int(x0 + 1) to round(x1 - 1) inclusive in
+    their inclusive coordinates (x1 - 1 there), i.e. about a pixel inside the box."""
+    x0, y0, x1, y1 = box.tolist()
+    inclusive_x1, inclusive_y1 = x1 - 1, y1 - 1  # detectron2's continuous box -> theirs
+    xs = slice(max(int(x0 + 1), 0), min(int(round(inclusive_x1 - 1)) + 1, width))
+    ys = slice(max(int(y0 + 1), 0), min(int(round(inclusive_y1 - 1)) + 1, height))
     return ys, xs
 
 
@@ -67,7 +78,7 @@ def _mask_source(mask_logits):
     return _DenseMaskLogits(mask_logits) if isinstance(mask_logits, torch.Tensor) else mask_logits
 
 
-PIXEL_RULES = ("argmax", "owner")
+PIXEL_RULES = ("argmax", "owner", "authors")
 
 
 def overlap_filter(mask_logits, overlap_thresh, order=None):
@@ -134,7 +145,8 @@ def fuse_panoptic(
             w * ML + b to ML_A and ML_B (the learned fusion); None is the paper's fusion.
         pixel_rule: "argmax" (the paper): every kept instance's fused logits compete with the
             stuff logits wherever its paste is non-zero; "owner": an instance competes only
-            on the pixels the overlap filter gave it.
+            on the pixels the overlap filter gave it; "authors": as their code, "argmax" with
+            FL = 0 (not out of the vote) where the paste is 0 and their ML_B box window.
 
     Returns:
         panoptic: (H, W) int32, 0 = void, segment ids from 1.
@@ -153,8 +165,10 @@ def fuse_panoptic(
     owner, kept = overlap_filter(instances.masks, overlap_thresh, order=instances.order)
     # 3.-5. Which kept instance (if any) wins each pixel over the stuff logits.
     fused = _FusedLogits(sem_logits, mask_logit_scale, instance_weights)
-    if pixel_rule == "argmax":
-        winner = _argmax_winner(fused, instances, kept, stuff_channels)
+    if pixel_rule in ("argmax", "authors"):
+        winner = _argmax_winner(
+            fused, instances, kept, stuff_channels, authors=pixel_rule == "authors"
+        )
     else:
         winner = _owner_winner(fused, instances, owner, stuff_channels)
     # 6.-7. Stuff where no instance won and the semantic class is not a thing; assemble.
@@ -196,11 +210,13 @@ def _best_stuff_logit(sem_logits, stuff_channels):
     return best
 
 
-def _argmax_winner(fused, instances, kept, stuff_channels):
+def _argmax_winner(fused, instances, kept, stuff_channels, authors=False):
     """argmax over [stuff logits, FL_1..FL_K] per pixel, as a running maximum.
 
     Stuff channels come first and instances follow in score order, so ties go to stuff, then
     to the higher-scoring instance. Returns (H, W) int64: the winning instance k, or -1.
+    ``authors``: an instance's FL is 0 where its paste is 0 (so the first kept instance takes
+    every pixel whose stuff logits are all negative), and ML_B is read in their box window.
     """
     sem_logits = fused.sem_logits
     height, width = sem_logits.shape[-2:]
@@ -211,7 +227,8 @@ def _argmax_winner(fused, instances, kept, stuff_channels):
         ys, xs = instances.masks.window(detection)
         ml_a = instances.masks.crop(detection, ys, xs)
         # ML_B: the class's semantic logits inside the box (pixels it touches), 0 elsewhere.
-        box_ys, box_xs = _box_slices(instances.boxes[detection], height, width)
+        box_slices = _authors_box_slices if authors else _box_slices
+        box_ys, box_xs = box_slices(instances.boxes[detection], height, width)
         inner_ys = slice(max(box_ys.start, ys.start), min(box_ys.stop, ys.stop))
         inner_xs = slice(max(box_xs.start, xs.start), min(box_xs.stop, xs.stop))
         ml_b = torch.zeros_like(ml_a)
@@ -221,9 +238,16 @@ def _argmax_winner(fused, instances, kept, stuff_channels):
             inner_xs.start - xs.start : inner_xs.stop - xs.start,
         ] = sem_logits[channel, inner_ys, inner_xs]
         logits = fused(detection, ml_a, ml_b)
-        # Where the paste is 0 the instance does not compete (not FL = 0, which would win
-        # every pixel whose stuff logits are all negative).
-        logits.masked_fill_(ml_a == 0, float("-inf"))
+        if not authors:
+            # Where the paste is 0 the instance does not compete (not FL = 0, which would win
+            # every pixel whose stuff logits are all negative).
+            logits.masked_fill_(ml_a == 0, float("-inf"))
+        else:
+            # Outside its paste window the instance's FL is 0: it wins where all is negative.
+            outside = best < 0
+            outside[ys, xs] = False
+            best[outside] = 0.0
+            winner[outside] = k
         region_best, region_winner = best[ys, xs], winner[ys, xs]
         better = logits > region_best
         region_best[better] = logits[better]
