@@ -314,3 +314,26 @@ def test_readme_lists_every_switch_of_the_official_configs():
     for key in OFFICIAL_SWITCHES:
         node, _, leaf = key.rpartition(".")
         assert f"`{key}" in section or (f"{node}." in section and leaf in section), key
+
+
+def test_fine_tuning_from_converted_weights_trains(converted):
+    """One training step of the official model (b5, iABN, mmdet anchors) from the converted
+    weights: every loss finite, every parameter gets a gradient."""
+    from detectron2.utils.events import EventStorage
+
+    from .test_efficientps_model import training_sample
+
+    _, _, path = converted
+    torch.manual_seed(0)
+    model = official_model()
+    DetectionCheckpointer(model).load(str(path))
+    model.train()
+    with EventStorage():
+        losses = model([training_sample(128, 160)])
+        total = sum(losses.values())
+        total.backward()
+    assert set(losses) == {
+        "loss_sem_seg", "loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"
+    }  # fmt: skip
+    assert torch.isfinite(total)
+    assert all(p.grad is not None for p in model.parameters())
