@@ -44,12 +44,12 @@ elsewhere (mmdetection's default), which are also our layers' values.
 
 import logging
 import os
-import pickle
 import re
 from collections import Counter, OrderedDict
 
 import torch
 
+from .engine.setup import load_untrusted
 from .modeling.backbone.efficientnet import efficientnet_block_args
 
 logger = logging.getLogger(__name__)
@@ -279,15 +279,7 @@ def read_official_checkpoint(path):
         raise FileNotFoundError(
             f"{path!r}: no such file. Give the .pth from the authors' release (unzip it first)."
         )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"{path!r} holds objects other than tensors and plain containers; loading it would "
-            f"run arbitrary code from the file, which is refused. ({e})"
-        ) from e
-    except Exception as e:
-        raise ValueError(f"{path!r} is not a torch checkpoint: {e}") from e
+    checkpoint = load_untrusted(path, "--input")
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path!r} holds a {type(checkpoint).__name__}, not a checkpoint dict")
     state_dict = checkpoint.get("state_dict", checkpoint)

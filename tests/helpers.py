@@ -1,5 +1,6 @@
 """Shared builders for the tests: stock detectron2 configs and hand-made ground truth."""
 
+import uuid
 from pathlib import Path
 
 import torch
@@ -19,6 +20,29 @@ def base_cfg():
     cfg.merge_from_file(BASE_CONFIG)
     cfg.MODEL.DEVICE = "cpu"
     return cfg
+
+
+def registered_synthetic_train_split(root, prefix, count, seed):
+    """``count`` synthetic 64x128 training images under ``root``, registered under a new
+    dataset name (returned)."""
+    from efficientps.data import synthetic
+    from efficientps.data.datasets import register_synthetic_panoptic
+
+    synthetic.generate_split(str(root), "train", count, seed=seed, size=(64, 128), progress=False)
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    register_synthetic_panoptic(name, str(root), "train")
+    return name
+
+
+def flat_config(node, prefix=""):
+    """{"MODEL.RPN.NMS_THRESH": value, ...}: every leaf of a config, by its full key."""
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def stock_mask_rcnn_cfg():

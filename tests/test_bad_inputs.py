@@ -1,16 +1,14 @@
 """Wrong configs and data fail with an error that names the key or the file, before any work."""
 
-import uuid
-
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from PIL import Image
 
-from efficientps.data import EfficientPSPanopticMapper, synthetic
-from efficientps.data.datasets import DatasetFormatError, register_synthetic_panoptic
+from efficientps.data import EfficientPSPanopticMapper
+from efficientps.data.datasets import DatasetFormatError
 
-from .helpers import CONFIGS
+from .helpers import CONFIGS, registered_synthetic_train_split
 from .test_efficientps_model import small_cfg
 
 DEMO_CONFIG = str(CONFIGS / "demo" / "efficientps_synthetic_cpu.yaml")
@@ -61,10 +59,7 @@ def test_bad_random_scale_range_names_the_key():
 @pytest.fixture(scope="module")
 def synthetic_split(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_inputs")
-    synthetic.generate_split(str(root), "train", 2, seed=3, size=(64, 128), progress=False)
-    name = f"synth_bad_{uuid.uuid4().hex[:8]}"
-    register_synthetic_panoptic(name, str(root), "train")
-    return name
+    return registered_synthetic_train_split(root, "synth_bad", count=2, seed=3)
 
 
 def test_dataset_ignore_label_must_match_the_config(synthetic_split):

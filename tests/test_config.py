@@ -7,25 +7,17 @@ from detectron2.config import get_cfg
 
 from efficientps import add_efficientps_config
 
+from .helpers import flat_config
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = sorted(CONFIG_DIR.rglob("*.yaml"))
 
 
-def _flat(node, prefix=""):
-    flat = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def test_add_efficientps_config_only_adds_keys_and_is_idempotent():
-    stock = _flat(get_cfg())
+    stock = flat_config(get_cfg())
     cfg = get_cfg()
     add_efficientps_config(cfg)
-    ours = _flat(cfg)
+    ours = flat_config(cfg)
     # detectron2's own defaults are untouched: our values live in the YAML configs.
     assert {key: ours[key] for key in stock} == stock
     added = set(ours) - set(stock)
@@ -36,7 +28,7 @@ def test_add_efficientps_config_only_adds_keys_and_is_idempotent():
     add_efficientps_config(cfg)
     assert cfg.MODEL.EFFICIENTNET.NAME == "efficientnet-b0"
     assert cfg.INPUT.SCALE_RANGE == [0.75, 1.25]
-    assert set(_flat(cfg)) == set(ours)
+    assert set(flat_config(cfg)) == set(ours)
 
 
 def test_there_are_configs():

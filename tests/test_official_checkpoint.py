@@ -19,7 +19,7 @@ from efficientps.engine.setup import cpu_safe_norms
 from efficientps.modeling.anchors import MMDetV1AnchorGenerator
 
 from .authors_layout import NUM_THINGS, AuthorsReference, authors_state_dict
-from .helpers import CONFIGS, base_cfg
+from .helpers import CONFIGS, base_cfg, flat_config
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = {
@@ -285,23 +285,13 @@ PAPER = {
 }
 
 
-def _flat(node, prefix=""):
-    flat = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 @pytest.mark.parametrize("dataset", ["cityscapes", "kitti"])
 def test_official_configs_switch_exactly_the_listed_keys(dataset):
     configs = {}
     for name, path in (("paper", PAPER[dataset]), ("official", OFFICIAL[dataset])):
         cfg = base_cfg()
         cfg.merge_from_file(str(path))
-        configs[name] = _flat(cfg)
+        configs[name] = flat_config(cfg)
     changed = {
         key: value for key, value in configs["official"].items() if value != configs["paper"][key]
     }

@@ -1,7 +1,5 @@
 """EfficientPSPanopticMapper: targets agree with the PNG, and transforms keep maps aligned."""
 
-import uuid
-
 import numpy as np
 import pytest
 import torch
@@ -10,20 +8,17 @@ from detectron2.data import transforms as T
 from PIL import Image
 
 from efficientps.class_tables import PanopticClassTables
-from efficientps.data import EfficientPSPanopticMapper, synthetic
-from efficientps.data.datasets import register_synthetic_panoptic
+from efficientps.data import EfficientPSPanopticMapper
 from efficientps.data.transforms import RandomScale
 from efficientps.evaluation import read_panoptic_png
 
-from .helpers import CONFIGS
+from .helpers import CONFIGS, registered_synthetic_train_split
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic_mapper")
-    synthetic.generate_split(str(root), "train", 4, seed=5, size=(64, 128), progress=False)
-    name = f"synth_mapper_{uuid.uuid4().hex[:8]}"
-    register_synthetic_panoptic(name, str(root), "train")
+    name = registered_synthetic_train_split(root, "synth_mapper", count=4, seed=5)
     records = DatasetCatalog.get(name)
     # One crowd segment, to check it is not an instance and keeps its class only by choice.
     crowd = next(s for s in records[0]["segments_info"] if s["category_id"] == 6)

@@ -25,7 +25,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from efficientps import add_efficientps_config
-from efficientps.engine.setup import NORM_KEYS
+from efficientps.engine.setup import cpu_safe_norms
 from efficientps.official_checkpoint import convert_official_checkpoint
 
 DEFAULT_CONFIG = os.path.join(
@@ -52,9 +52,7 @@ def main(argv=None):
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.MODEL.DEVICE = "cpu"
-    for node, key in NORM_KEYS:  # the tensors are the same for every BN kind; SyncBN needs GPUs
-        if cfg.MODEL[node][key] == "SyncBN":
-            cfg.MODEL[node][key] = "BN"
+    cpu_safe_norms(cfg, world_size=1, warn=False)  # the same tensors as SyncBN's
     model = build_model(cfg)
     try:
         report = convert_official_checkpoint(args.input, args.output, model)

@@ -19,18 +19,44 @@ NORM_KEYS = (
 )
 
 
-def cpu_safe_norms(cfg, world_size):
-    """On the CPU, SyncBN cannot run: naiveSyncBN (gloo all-reduce) or, in one process, BN."""
+def cpu_safe_norms(cfg, world_size, warn=True):
+    """On the CPU, SyncBN cannot run: naiveSyncBN (gloo all-reduce) or, in one process, BN.
+
+    ``warn=False`` for callers that only need the model's tensors (the layers' tensors are
+    the same for every BN kind), such as the checkpoint converter.
+    """
     if not str(cfg.MODEL.DEVICE).startswith("cpu"):
         return cfg
     replacement = "naiveSyncBN" if world_size > 1 else "BN"
     for node, key in NORM_KEYS:
         if cfg.MODEL[node][key] == "SyncBN":
-            logger.warning(
-                f"MODEL.{node}.{key}=SyncBN does not run on the CPU; using {replacement}"
-            )
+            if warn:
+                logger.warning(
+                    f"MODEL.{node}.{key}=SyncBN does not run on the CPU; using {replacement}"
+                )
             cfg.MODEL[node][key] = replacement
     return cfg
+
+
+def load_untrusted(path, what):
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only.
+
+    A file that needs other objects is refused, not unpickled (that would run code from it);
+    errors name ``what`` (the key or option that gave the file) and the file.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # damaged or not a checkpoint at all
+            raise ValueError(f"{what}: cannot read {path!r} as a torch checkpoint: {e}") from e
+        raise ValueError(
+            f"{what}: {path!r} holds objects other than tensors and plain containers, "
+            "and loading it would run arbitrary code from the file; this is refused. Re-save "
+            "its state dict with torch.save({'model': model.state_dict()}, path) where you "
+            f"trust it. ({e})"
+        ) from e
+    except Exception as e:
+        raise ValueError(f"{what}: cannot read {path!r} as a torch checkpoint: {e}") from e
 
 
 def read_checkpoint(path):
@@ -44,20 +70,7 @@ def read_checkpoint(path):
         raise ValueError("MODEL.WEIGHTS is empty: set MODEL.WEIGHTS /path/to/model.pth")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MODEL.WEIGHTS: no file {path!r}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):  # damaged or not a checkpoint at all
-            message = f"MODEL.WEIGHTS: cannot read {path!r} as a torch checkpoint: {e}"
-            raise ValueError(message) from e
-        raise ValueError(
-            f"MODEL.WEIGHTS: {path!r} holds objects other than tensors and plain containers, "
-            "and loading it would run arbitrary code from the file; this is refused. Re-save "
-            "its state dict with torch.save({'model': model.state_dict()}, path) where you "
-            f"trust it. ({e})"
-        ) from e
-    except Exception as e:
-        raise ValueError(f"MODEL.WEIGHTS: cannot read {path!r} as a torch checkpoint: {e}") from e
+    checkpoint = load_untrusted(path, "MODEL.WEIGHTS")
     weights = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(weights, dict):
         raise ValueError(f"MODEL.WEIGHTS: {path!r} holds no state dict (a {type(checkpoint)})")

@@ -23,6 +23,17 @@ PAPER_DPC_DILATIONS = ((1, 6), (1, 1), (6, 21), (18, 15), (6, 3))
 HARD_PIXEL_RANKINGS = ("image", "batch")
 
 
+def checked_dpc_dilations(dilations, name="DPC dilations"):
+    """``dilations`` as 5 (row, col) tuples, one per DPC branch; else an error naming ``name``."""
+    pairs = [tuple(d) for d in dilations]
+    if len(pairs) != 5 or any(len(d) != 2 for d in pairs):
+        raise ValueError(
+            f"{name}={[list(d) for d in pairs]}; expected 5 (row, col) pairs, one per DPC branch "
+            "(the paper: [[1, 6], [1, 1], [6, 21], [18, 15], [6, 3]])"
+        )
+    return pairs
+
+
 def hard_pixel_cross_entropy(logits, targets, *, ignore_index=255, fraction=0.25, ranking="image"):
     """Cross entropy of the hardest ``fraction`` of the pixels (the paper's hardest-pixel loss).
 
@@ -65,11 +76,9 @@ class DPC(nn.Module):
 
     def __init__(self, in_channels, dim, *, dilations=PAPER_DPC_DILATIONS, norm, act):
         super().__init__()
-        if len(dilations) != 5:
-            raise ValueError(f"DPC takes 5 (row, col) dilations, got {dilations}")
         self.branches = nn.ModuleList(
-            SeparableConv2d(in_channels, in_channels, 3, dilation=tuple(d), norm=norm, act=act)
-            for d in dilations
+            SeparableConv2d(in_channels, in_channels, 3, dilation=d, norm=norm, act=act)
+            for d in checked_dpc_dilations(dilations)
         )
         self.project = conv_norm_act(5 * in_channels, dim, 1, norm=norm, act=act)
 
@@ -176,12 +185,7 @@ class EfficientPSSemSegHead(nn.Module):
     def from_config(cls, cfg, input_shape):
         hcfg = cfg.MODEL.SEM_SEG_HEAD
         check_layer_names(cfg, "SEM_SEG_HEAD")
-        dilations = [tuple(d) for d in hcfg.DPC_DILATIONS]
-        if len(dilations) != 5 or any(len(d) != 2 for d in dilations):
-            raise ValueError(
-                f"MODEL.SEM_SEG_HEAD.DPC_DILATIONS={hcfg.DPC_DILATIONS}; expected 5 (row, col) "
-                "pairs, one per DPC branch (the paper: [[1, 6], [1, 1], [6, 21], [18, 15], [6, 3]])"
-            )
+        dilations = checked_dpc_dilations(hcfg.DPC_DILATIONS, "MODEL.SEM_SEG_HEAD.DPC_DILATIONS")
         return {
             "input_shape": {k: v for k, v in input_shape.items() if k in hcfg.IN_FEATURES},
             "num_classes": hcfg.NUM_CLASSES,

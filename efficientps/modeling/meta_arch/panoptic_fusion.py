@@ -222,12 +222,12 @@ def _argmax_winner(fused, instances, kept, stuff_channels, authors=False):
     height, width = sem_logits.shape[-2:]
     best = _best_stuff_logit(sem_logits, stuff_channels)
     winner = torch.full((height, width), -1, dtype=torch.int64, device=sem_logits.device)
+    box_slices = _authors_box_slices if authors else _box_slices
     for k in torch.nonzero(kept).flatten().tolist():
         detection = int(instances.order[k])
         ys, xs = instances.masks.window(detection)
         ml_a = instances.masks.crop(detection, ys, xs)
         # ML_B: the class's semantic logits inside the box (pixels it touches), 0 elsewhere.
-        box_slices = _authors_box_slices if authors else _box_slices
         box_ys, box_xs = box_slices(instances.boxes[detection], height, width)
         inner_ys = slice(max(box_ys.start, ys.start), min(box_ys.stop, ys.stop))
         inner_xs = slice(max(box_xs.start, xs.start), min(box_xs.stop, xs.stop))
