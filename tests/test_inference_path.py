@@ -210,3 +210,29 @@ def test_inference_dtype_bfloat16_runs_under_autocast_and_returns_float32():
 def test_unknown_inference_dtype_is_a_clear_error():
     with pytest.raises(ValueError, match="INFERENCE_DTYPE='half'"):
         build(model_cfg(**{"MODEL.EFFICIENTPS.INFERENCE_DTYPE": "half"}))
+
+
+def test_inference_api_as_detectron2s_models_offer_it():
+    """inference(batched_inputs, detected_instances=None, do_postprocess=True): the forward's
+    outputs; unpostprocessed logits at the input size; masks for given boxes."""
+    model = build(model_cfg()).eval()
+    height, width = 96, 131
+    with torch.no_grad():
+        through_forward = model(inputs(height, width))[0]
+        raw = model.inference(inputs(height, width), do_postprocess=False)[0]
+        detections = raw["instances"]
+        given = detections[detections.scores.argsort(descending=True)[:3]]
+        boxes_only = given.__class__(given.image_size)
+        boxes_only.pred_boxes, boxes_only.pred_classes = given.pred_boxes, given.pred_classes
+        masked = model.inference(inputs(height, width), [boxes_only], do_postprocess=False)[0]
+    assert set(through_forward) == {"sem_seg", "instances", "panoptic_seg"}
+    assert set(raw) == {"sem_seg", "instances"}
+    # The input is its own output size: unpostprocessed equals postprocessed (no padding left).
+    assert raw["sem_seg"].shape[-2:] == (height, width)
+    torch.testing.assert_close(raw["sem_seg"], through_forward["sem_seg"])
+    assert len(detections) == len(through_forward["instances"]) > 3
+    # Given boxes: the detector is skipped, the mask head runs on exactly those boxes.
+    assert torch.equal(masked["instances"].pred_boxes.tensor, given.pred_boxes.tensor)
+    torch.testing.assert_close(masked["instances"].pred_mask_logits, given.pred_mask_logits)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        model.train().inference(inputs(height, width))

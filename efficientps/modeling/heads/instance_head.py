@@ -251,16 +251,6 @@ class EfficientPSROIHeads(StandardROIHeads):
         ret["fast_cpu_roi_align"] = cfg.MODEL.EFFICIENTPS.FAST_CPU_ROI_ALIGN
         return ret
 
-    def predict_boxes(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
-        """Detections (boxes, scores, classes) without masks, per image (test-time augmentation
-        merges them across copies before asking for masks). Inference only."""
-        pooled = self.box_pooler(
-            [features[f] for f in self.box_in_features], [x.proposal_boxes for x in proposals]
-        )
-        predictions = self.box_predictor(self.box_head(pooled))
-        detections, _ = self.box_predictor.inference(predictions, proposals)
-        return detections
-
     def mask_logits_for_boxes(
         self,
         features: Dict[str, torch.Tensor],

@@ -207,15 +207,9 @@ class EfficientPS(nn.Module):
             BatchNorm (``layers.ConvNormAct``); the outputs equal the plain path's to float
             rounding.
         """
-        images = self.preprocess_image(batched_inputs)
         if not self.training:
-            with self.inference_autocast():
-                features = self.backbone(images.tensor)
-                sem_logits, detections = self.run_heads(images, features)
-            del features  # the pyramid is not needed for postprocessing: lower peak memory
-            sem_logits, detections = _as_float32(sem_logits, detections)
-            return self.postprocess(batched_inputs, images, sem_logits, detections)
-
+            return self.inference(batched_inputs)
+        images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         sem_targets = ImageList.from_tensors(
             [x["sem_seg"].to(self.device) for x in batched_inputs],
@@ -254,15 +248,38 @@ class EfficientPS(nn.Module):
             thing_channels=self.class_tables.thing_channels,
         )
 
-    def inference(self, batched_inputs, images, features):
-        return self.postprocess(batched_inputs, images, *self.run_heads(images, features))
+    def inference(self, batched_inputs, detected_instances=None, do_postprocess=True):
+        """Predictions for ``batched_inputs`` (eval mode), as detectron2's models offer it.
 
-    def run_heads(self, images, features):
-        """(semantic logits, detections with mask logits) at the padded input size."""
-        sem_logits, _ = self.sem_seg_head(features)
-        proposals, _ = self.proposal_generator(images, features, None)
-        detections, _ = self.roi_heads(images, features, proposals, None)
-        return sem_logits, detections
+        Args:
+            batched_inputs: as for ``forward``.
+            detected_instances: optional per-image ``Instances`` with ``pred_boxes`` and
+                ``pred_classes`` in the input image's frame: the detector is skipped and the
+                mask head runs on these boxes (test-time augmentation's second pass).
+            do_postprocess: True: ``forward``'s outputs (resized to "height"/"width", fused).
+                False: per image {"sem_seg": (C, h, w) logits, "instances": detections} at the
+                input image's own size h x w (padding removed, nothing resized or fused).
+        """
+        if self.training:
+            raise RuntimeError("EfficientPS.inference needs eval mode (model.eval())")
+        images = self.preprocess_image(batched_inputs)
+        with self.inference_autocast():
+            features = self.backbone(images.tensor)
+            sem_logits, _ = self.sem_seg_head(features)
+            if detected_instances is None:
+                proposals, _ = self.proposal_generator(images, features, None)
+                detections, _ = self.roi_heads(images, features, proposals, None)
+            else:
+                detected_instances = [x.to(self.device) for x in detected_instances]
+                detections = self.roi_heads.forward_with_given_boxes(features, detected_instances)
+        del features  # not needed past the heads: the pyramid is freed before the fusion
+        sem_logits, detections = _as_float32(sem_logits, detections)
+        if do_postprocess:
+            return self.postprocess(batched_inputs, images, sem_logits, detections)
+        return [
+            {"sem_seg": sem[:, :h, :w], "instances": det}
+            for sem, det, (h, w) in zip(sem_logits, detections, images.image_sizes)
+        ]
 
     def postprocess(self, batched_inputs, images, sem_logits, detections):
         """Resize to each input's height/width and fuse."""
