@@ -148,6 +148,26 @@ def test_hard_pixel_loss_ranks_per_image_or_over_the_batch():
         hard_pixel_cross_entropy(logits, targets, ranking="pixel")
 
 
+def test_hard_pixel_count_comes_from_each_images_own_size_not_the_padded_batch():
+    # Image 0 is 2x4 inside the 4x4 batch tensor (its lower half is padding, ignored); image 1
+    # fills it. The paper's k = ceil(0.25 * W * H) of each image: 2 and 4 pixels.
+    logits = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    targets = torch.randint(0, 3, (2, 4, 4), generator=torch.Generator().manual_seed(1))
+    targets[0, 2:] = 255
+    per_pixel = F.cross_entropy(logits, targets, ignore_index=255, reduction="none")
+    image0 = per_pixel[0, :2].flatten().topk(2).values.sum() / 2
+    image1 = per_pixel[1].flatten().topk(4).values.sum() / 4
+    sizes = [(2, 4), (4, 4)]
+    loss = hard_pixel_cross_entropy(logits, targets, fraction=0.25, image_sizes=sizes)
+    assert loss.item() == pytest.approx(((image0 + image1) / 2).item(), rel=1e-6)
+    # Counting the padding, image 0 would average its top 4 (2 of them padding zeros or easy).
+    padded = hard_pixel_cross_entropy(logits, targets, fraction=0.25)
+    assert padded.item() != pytest.approx(loss.item(), rel=1e-3)
+    # Batch ranking: k = ceil(0.25 * (8 + 16)) = 6 over all pixels.
+    batch = hard_pixel_cross_entropy(logits, targets, ranking="batch", image_sizes=sizes)
+    assert batch.item() == pytest.approx((per_pixel.flatten().topk(6).values.sum() / 6).item())
+
+
 @pytest.mark.parametrize("size", [(256, 512), (224, 288), (200, 330)])
 def test_classifier_without_the_concat_equals_the_concat_classifier(size):
     # The paper's head: cat([l4, up(l8), up(d16), up(d32)]) (512 ch at 1/4) -> 1x1 classifier.

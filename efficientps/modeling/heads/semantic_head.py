@@ -34,28 +34,47 @@ def checked_dpc_dilations(dilations, name="DPC dilations"):
     return pairs
 
 
-def hard_pixel_cross_entropy(logits, targets, *, ignore_index=255, fraction=0.25, ranking="image"):
+def hard_pixel_cross_entropy(
+    logits, targets, *, ignore_index=255, fraction=0.25, ranking="image", image_sizes=None
+):
     """Cross entropy of the hardest ``fraction`` of the pixels (the paper's hardest-pixel loss).
 
-    The paper weights the worst quarter of an image's W*H pixel losses by 4/(W*H): the mean of
-    the top ``ceil(fraction * H * W)`` losses of each image, averaged over the images
-    (``ranking="image"``). The authors' code ranks the losses of the whole batch together
-    (``ranking="batch"``; the same in expectation). Ignored pixels are part of the W*H with a
-    loss of 0, as in both: an image with few labelled pixels contributes less.
+    The paper weights the worst quarter of an image's W*H pixel losses by 4/(W*H): the sum of
+    the top ``k = ceil(fraction * H * W)`` losses of each image divided by k, averaged over the
+    images (``ranking="image"``). The authors' code ranks the losses of the whole batch together
+    (``ranking="batch"``: k from the pixels of all images). Ignored pixels inside an image are
+    part of its W*H with a loss of 0, as in both: an image with few labelled pixels contributes
+    less. W*H is the image's own size (``image_sizes``, (h, w) per image): an image smaller than
+    the padded batch tensor (a crop of a down-scaled image) does not count the padding, whose
+    targets are ``ignore_index``. Without ``image_sizes`` every image fills the tensor.
 
     Args:
         logits: (N, C, H, W) float. targets: (N, H, W) int64 class indices or ``ignore_index``.
+        image_sizes: optional (h, w) of each image inside the (H, W) tensor.
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"hard-pixel fraction must be in (0, 1], got {fraction}")
     if ranking not in HARD_PIXEL_RANKINGS:
         raise ValueError(f"hard-pixel ranking {ranking!r}; expected one of {HARD_PIXEL_RANKINGS}")
     losses = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="none")
-    losses = losses.flatten() if ranking == "batch" else losses.flatten(1)
-    k = max(1, math.ceil(fraction * losses.shape[-1]))
-    if k < losses.shape[-1]:
-        losses = losses.topk(k, dim=-1, sorted=False).values
-    return losses.mean()
+    height, width = targets.shape[-2:]
+    pixels = [h * w for h, w in image_sizes] if image_sizes is not None else None
+    if pixels is None:
+        pixels = [height * width] * len(targets)
+    if ranking == "batch":
+        return _mean_of_hardest(losses.flatten(), math.ceil(fraction * sum(pixels)))
+    per_image = [
+        _mean_of_hardest(loss.flatten(), math.ceil(fraction * count))
+        for loss, count in zip(losses, pixels)
+    ]
+    return torch.stack(per_image).mean()
+
+
+def _mean_of_hardest(losses, k):
+    """Sum of the ``k`` largest losses divided by k (zeros, the ignored pixels, fill short)."""
+    k = max(1, k)
+    hardest = losses.topk(k, sorted=False).values if k < losses.numel() else losses
+    return hardest.sum() / k
 
 
 class LSFE(nn.Sequential):
@@ -230,7 +249,15 @@ class EfficientPSSemSegHead(nn.Module):
             logits = logits + _resize(F.conv2d(x, part), size)
         return logits
 
-    def forward(self, features, targets=None):
+    def forward(self, features, targets=None, image_sizes=None):
+        """Semantic logits at the input resolution, and the loss in training.
+
+        Args:
+            features: the FPN levels (``in_features``).
+            targets: (N, H, W) semantic targets in training, padded with ``ignore_value``.
+            image_sizes: (h, w) of each image inside the padded tensor: the hardest-pixel
+                loss ranks a fraction of each image's own pixels (None: the whole tensor).
+        """
         if checkpointing_active(self.activation_checkpointing, self):
             levels = [features[f] for f in self.in_features]
             logits = checkpointed(self, *levels, function=self._layers_of_levels)
@@ -243,14 +270,15 @@ class EfficientPSSemSegHead(nn.Module):
             return logits, {}
         if targets is None:
             raise ValueError("EfficientPSSemSegHead needs sem_seg targets in training")
-        return logits, self.losses(logits, targets)
+        return logits, self.losses(logits, targets, image_sizes)
 
-    def losses(self, logits, targets):
+    def losses(self, logits, targets, image_sizes=None):
         loss = hard_pixel_cross_entropy(
             logits,
             targets,
             ignore_index=self.ignore_value,
             fraction=self.hard_pixel_fraction,
             ranking=self.hard_pixel_ranking,
+            image_sizes=image_sizes,
         )
         return {"loss_sem_seg": loss * self.loss_weight}

@@ -216,7 +216,7 @@ class EfficientPS(nn.Module):
             self.backbone.size_divisibility,
             self.sem_seg_head.ignore_value,
         ).tensor
-        sem_logits, losses = self.sem_seg_head(features, sem_targets)
+        sem_logits, losses = self.sem_seg_head(features, sem_targets, images.image_sizes)
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
         proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
         _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
