@@ -124,7 +124,7 @@ def test_training_step_with_and_without_instances():
 
 def test_learned_fusion_trains_and_the_paper_fusion_has_no_parameters():
     paper = build_model(small_cfg("paper"))
-    assert paper.learned_fusion is None
+    assert not paper.panoptic_fusion.trainable
     assert not any("fusion" in name for name, _ in paper.named_parameters())
 
     torch.manual_seed(0)
@@ -133,7 +133,7 @@ def test_learned_fusion_trains_and_the_paper_fusion_has_no_parameters():
         losses = learned([training_sample(192, 256)])
         sum(losses.values()).backward()
     assert "loss_panoptic" in losses and torch.isfinite(losses["loss_panoptic"])
-    grad = learned.learned_fusion.weights.grad
+    grad = learned.panoptic_fusion.learned.weights.grad
     assert grad is not None
     assert grad[[0, 5]].abs().sum() > 0  # the two classes present
     assert grad[[1, 2, 3, 4, 6, 7]].abs().sum() == 0
@@ -147,7 +147,7 @@ def test_learned_fusion_starts_as_the_paper_fusion():
     learned = build_model(cfg).eval()
     paper = build_model(small_cfg("paper")).eval()
     paper.load_state_dict(learned.state_dict(), strict=False)
-    paper.fusion_score_thresh = 0.0
+    paper.panoptic_fusion.score_thresh = 0.0
     paper.roi_heads.box_predictor.test_score_thresh = 0.0
     image = [{"image": torch.rand(3, 128, 160) * 255}]
     with torch.no_grad():

@@ -1,6 +1,7 @@
 """The EfficientPS meta-architecture and its panoptic fusion; importing registers the model."""
 
 from .efficientps import EfficientPS
+from .fusion_module import EfficientPSPanopticFusion
 from .learned_fusion import LearnedPanopticFusion
 from .mask_paste import BoxMaskLogits, paste_mask_logits
 from .panoptic_fusion import fuse_panoptic, fused_instance_logits, overlap_filter
@@ -9,6 +10,7 @@ from .tta import EfficientPSWithTTA
 __all__ = [
     "BoxMaskLogits",
     "EfficientPS",
+    "EfficientPSPanopticFusion",
     "EfficientPSWithTTA",
     "LearnedPanopticFusion",
     "fuse_panoptic",

@@ -14,19 +14,17 @@ from detectron2.modeling import (
 )
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
 from detectron2.structures import ImageList, Instances
+from fvcore.nn import parameter_count
 from torch import nn
 from torch.nn import functional as F
 
 from ...class_tables import PanopticClassTables
 from ..inplace_abn import convert_to_inplace_abn
 from ..layers import configure_inference
-from .learned_fusion import LearnedPanopticFusion
-from .mask_paste import BoxMaskLogits
-from .panoptic_fusion import PIXEL_RULES, fuse_panoptic
+from .fusion_module import EfficientPSPanopticFusion
 
 logger = logging.getLogger(__name__)
 
-FUSIONS = ("paper", "learned")
 INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -50,18 +48,7 @@ class EfficientPS(nn.Module):
         pixel_mean,
         pixel_std,
         class_tables: PanopticClassTables,
-        fusion="paper",
-        fusion_score_thresh=0.5,
-        fusion_overlap_thresh=0.5,
-        fusion_stuff_area=2048,
-        fusion_stuff_area_reference=(1024, 2048),
-        fusion_mask_logit_scale=1.0,
-        fusion_pixel_rule="argmax",
-        fusion_loss_weight=1.0,
-        fusion_loss_scale=0.25,
-        inplace_abn=False,
-        inference_fold_bn=True,
-        inference_channels_last_devices=("cpu",),
+        panoptic_fusion: EfficientPSPanopticFusion,
         inference_dtype="float32",
     ):
         """
@@ -70,26 +57,11 @@ class EfficientPS(nn.Module):
                 (detectron2 Backbone, EfficientPSSemSegHead, RPN, EfficientPSROIHeads).
             pixel_mean, pixel_std: per-channel input normalisation, in the input's channel order.
             class_tables: semantic channels of the stuff and thing classes.
-            fusion: "paper" (Sec. 3.5) or "learned" (trainable affine maps of the mask logits).
-            fusion_score_thresh, fusion_overlap_thresh: the fusion's confidence and overlap
-                thresholds; fusion_stuff_area: smallest stuff segment in pixels at
-                ``fusion_stuff_area_reference`` (HxW), scaled with the output area.
-            fusion_mask_logit_scale: multiplies the mask logits before fusing (authors' code: 4).
-            fusion_pixel_rule: "argmax" (paper: every kept instance competes wherever its paste
-                reaches), "owner" (only on the pixels the overlap filter gave it) or "authors"
-                (their code: FL = 0 where the paste is 0; see ``fuse_panoptic``).
-            fusion_loss_weight, fusion_loss_scale: the learned fusion's loss weight and the
-                fraction of the input size it is computed at.
-            inplace_abn: swap BN + LeakyReLU for in-place activated BN (training memory).
-            inference_fold_bn: at inference (eval, autograd off) run every conv + BatchNorm as
-                one conv with cached folded weights (``layers.ConvNormAct``).
-            inference_channels_last_devices: device types whose inference runs channels_last.
+            panoptic_fusion: the fusion module (paper, learned, pixel rules, thresholds).
             inference_dtype: "float32", or "bfloat16"/"float16" to run backbone and heads under
                 autocast at inference (the fusion always runs in float32).
         """
         super().__init__()
-        if fusion not in FUSIONS:
-            raise ValueError(f"MODEL.EFFICIENTPS.FUSION={fusion!r}; expected one of {FUSIONS}")
         if sem_seg_head.num_classes != class_tables.num_classes:
             raise ValueError(
                 f"MODEL.SEM_SEG_HEAD.NUM_CLASSES: the semantic head predicts "
@@ -103,47 +75,18 @@ class EfficientPS(nn.Module):
                 "thing classes but the class tables "
                 f"have {class_tables.num_things}"
             )
-        self.backbone = backbone
-        self.sem_seg_head = sem_seg_head
-        self.proposal_generator = proposal_generator
-        self.roi_heads = roi_heads
-        self.class_tables = class_tables
-        self.fusion = fusion
-        self.learned_fusion = (
-            LearnedPanopticFusion(
-                class_tables.num_things,
-                loss_weight=fusion_loss_weight,
-                loss_scale=fusion_loss_scale,
-                ignore_value=sem_seg_head.ignore_value,
-            )
-            if fusion == "learned"
-            else None
-        )
-        self.fusion_score_thresh = fusion_score_thresh
-        self.fusion_overlap_thresh = fusion_overlap_thresh
-        self.fusion_stuff_area = fusion_stuff_area
-        self.fusion_stuff_area_reference = tuple(fusion_stuff_area_reference)
-        self.fusion_mask_logit_scale = fusion_mask_logit_scale
-        if fusion_pixel_rule not in PIXEL_RULES:
-            raise ValueError(
-                f"MODEL.EFFICIENTPS.FUSION_PIXEL_RULE={fusion_pixel_rule!r}; expected one of "
-                f"{PIXEL_RULES}"
-            )
-        self.fusion_pixel_rule = fusion_pixel_rule
-        if inplace_abn:
-            converted = convert_to_inplace_abn(self)
-            logger.info(f"In-place activated BN (iABN) in {converted} conv layers")
         if inference_dtype not in INFERENCE_DTYPES:
             raise ValueError(
                 f"MODEL.EFFICIENTPS.INFERENCE_DTYPE={inference_dtype!r}; expected one of "
                 f"{sorted(INFERENCE_DTYPES)}"
             )
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.proposal_generator = proposal_generator
+        self.roi_heads = roi_heads
+        self.class_tables = class_tables
+        self.panoptic_fusion = panoptic_fusion
         self.inference_dtype = INFERENCE_DTYPES[inference_dtype]
-        configure_inference(
-            self,
-            fold_norm=inference_fold_bn,
-            channels_last_devices=inference_channels_last_devices,
-        )
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -151,35 +94,36 @@ class EfficientPS(nn.Module):
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
         ecfg = cfg.MODEL.EFFICIENTPS
-        model = {
+        class_tables = PanopticClassTables.from_config(cfg)
+        components = {
             "backbone": backbone,
             "sem_seg_head": build_sem_seg_head(cfg, backbone.output_shape()),
             "proposal_generator": build_proposal_generator(cfg, backbone.output_shape()),
             "roi_heads": build_roi_heads(cfg, backbone.output_shape()),
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "class_tables": PanopticClassTables.from_config(cfg),
-            "fusion": ecfg.FUSION,
-            "fusion_score_thresh": ecfg.FUSION_SCORE_THRESH,
-            "fusion_overlap_thresh": ecfg.FUSION_OVERLAP_THRESH,
-            "fusion_stuff_area": ecfg.FUSION_STUFF_AREA,
-            "fusion_stuff_area_reference": ecfg.FUSION_STUFF_AREA_REFERENCE,
-            "fusion_mask_logit_scale": ecfg.FUSION_MASK_LOGIT_SCALE,
-            "fusion_pixel_rule": ecfg.FUSION_PIXEL_RULE,
-            "fusion_loss_weight": ecfg.FUSION_LOSS_WEIGHT,
-            "fusion_loss_scale": ecfg.FUSION_LOSS_SCALE,
-            "inplace_abn": ecfg.INPLACE_ABN,
-            "inference_fold_bn": ecfg.INFERENCE_FOLD_BN,
-            "inference_channels_last_devices": ecfg.INFERENCE_CHANNELS_LAST_DEVICES,
-            "inference_dtype": ecfg.INFERENCE_DTYPE,
         }
-        parameters = sum(
-            p.numel() for m in model.values() if isinstance(m, nn.Module) for p in m.parameters()
-        )
+        # How the built layers run, decided here rather than by the model's constructor:
+        # in-place activated BN for training memory, the folded inference path.
+        for component in components.values():
+            if ecfg.INPLACE_ABN:
+                convert_to_inplace_abn(component)
+            configure_inference(
+                component,
+                fold_norm=ecfg.INFERENCE_FOLD_BN,
+                channels_last_devices=ecfg.INFERENCE_CHANNELS_LAST_DEVICES,
+            )
+        parameters = parameter_count(nn.ModuleList(components.values()))[""]
         logger.info(
             f"EfficientPS with {cfg.MODEL.EFFICIENTNET.NAME}: {parameters / 1e6:.2f} M parameters"
+            + (", in-place activated BN" if ecfg.INPLACE_ABN else "")
         )
-        return model
+        return {
+            **components,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "class_tables": class_tables,
+            "panoptic_fusion": EfficientPSPanopticFusion(cfg, class_tables=class_tables),
+            "inference_dtype": ecfg.INFERENCE_DTYPE,
+        }
 
     @property
     def device(self):
@@ -222,7 +166,7 @@ class EfficientPS(nn.Module):
         _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
         losses.update(proposal_losses)
         losses.update(detector_losses)
-        if self.learned_fusion is not None:
+        if self.panoptic_fusion.trainable:
             losses.update(
                 self._learned_fusion_loss(features, sem_logits, sem_targets, gt_instances)
             )
@@ -240,12 +184,8 @@ class EfficientPS(nn.Module):
             padded = Instances((height, width), gt_boxes=inst.gt_boxes, gt_classes=inst.gt_classes)
             padded.gt_masks = type(inst.gt_masks)(F.pad(masks, pad))
             targets.append({"sem_seg": sem, "instances": padded})
-        return self.learned_fusion.loss(
-            sem_logits,
-            [logits[:, 0] for logits in mask_logits],
-            targets,
-            stuff_channels=self.class_tables.stuff_channels,
-            thing_channels=self.class_tables.thing_channels,
+        return self.panoptic_fusion.losses(
+            sem_logits, [logits[:, 0] for logits in mask_logits], targets
         )
 
     def inference(self, batched_inputs, detected_instances=None, do_postprocess=True):
@@ -297,38 +237,6 @@ class EfficientPS(nn.Module):
                 {"sem_seg": sem, "instances": det, "panoptic_seg": self.panoptic_fusion(sem, det)}
             )
         return results
-
-    def panoptic_fusion(self, sem_logits, detections):
-        """Fuse one image's semantic logits (C, H, W) and detections at the same resolution."""
-        height, width = sem_logits.shape[-2:]
-        confident = detections.scores >= self.fusion_score_thresh
-        kept = detections[confident]
-        # Pasted where the fusion reads them (each paste's window), never as (N, H, W) maps.
-        mask_logits = BoxMaskLogits(kept.pred_mask_logits, kept.pred_boxes.tensor, height, width)
-        ref_h, ref_w = self.fusion_stuff_area_reference
-        instance_weights = None
-        if self.learned_fusion is not None:
-            instance_weights = self.learned_fusion.instance_weights(kept.pred_classes)
-        panoptic, segments = fuse_panoptic(
-            sem_logits,
-            mask_logits,
-            kept.pred_boxes.tensor,
-            kept.pred_classes,
-            kept.scores,
-            stuff_channels=self.class_tables.stuff_channels,
-            thing_channels=self.class_tables.thing_channels,
-            score_thresh=self.fusion_score_thresh,
-            overlap_thresh=self.fusion_overlap_thresh,
-            stuff_area=self.fusion_stuff_area * (height * width) / (ref_h * ref_w),
-            mask_logit_scale=self.fusion_mask_logit_scale,
-            instance_weights=instance_weights,
-            pixel_rule=self.fusion_pixel_rule,
-        )
-        detection_index = torch.nonzero(confident).flatten().tolist()
-        for segment in segments:
-            if segment["isthing"]:
-                segment["instance_index"] = detection_index[segment["instance_index"]]
-        return panoptic, segments
 
     def inference_autocast(self):
         """Autocast to MODEL.EFFICIENTPS.INFERENCE_DTYPE around backbone and heads (or nothing)."""

@@ -1,0 +1,155 @@
+"""The panoptic fusion as one module: the paper's rule, its variants and the learned weights.
+
+EfficientPS builds it in ``from_config`` and calls it; every fusion option (thresholds, the
+mask-logit scale, the pixel rule, the learned affine maps) lives here and nowhere else. The
+arithmetic is ``panoptic_fusion.fuse_panoptic`` (pure functions, tested by value).
+"""
+
+from detectron2.config import configurable
+from torch import nn
+
+from ...class_tables import PanopticClassTables
+from .learned_fusion import LearnedPanopticFusion
+from .mask_paste import BoxMaskLogits
+from .panoptic_fusion import PIXEL_RULES, fuse_panoptic
+
+FUSIONS = ("paper", "learned")
+
+
+class EfficientPSPanopticFusion(nn.Module):
+    """Semantic logits + detections of one image -> (panoptic ids, segments_info).
+
+    ``learned=True`` adds the trainable per-class affine maps of ML_A and ML_B
+    (``LearnedPanopticFusion``, starting as the identity) and their panoptic loss; otherwise
+    the module has no parameters and no loss.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        class_tables: PanopticClassTables,
+        score_thresh=0.5,
+        overlap_thresh=0.5,
+        stuff_area=2048,
+        stuff_area_reference=(1024, 2048),
+        mask_logit_scale=1.0,
+        pixel_rule="argmax",
+        learned=False,
+        loss_weight=1.0,
+        loss_scale=0.25,
+        ignore_value=255,
+    ):
+        """
+        Args:
+            class_tables: semantic channels of the stuff and thing classes.
+            score_thresh, overlap_thresh: detections below ``score_thresh`` are not fused; an
+                instance more than ``overlap_thresh`` covered by better ones is dropped.
+            stuff_area, stuff_area_reference: the smallest stuff segment in pixels at the
+                reference (H, W), scaled with the output area.
+            mask_logit_scale: multiplies the mask logits before fusing (authors' code: 4).
+            pixel_rule: "argmax" (paper), "owner" or "authors" (see ``fuse_panoptic``).
+            learned: add the trainable affine maps and their panoptic loss.
+            loss_weight, loss_scale: the learned fusion's loss weight and the fraction of the
+                input size it is computed at. ignore_value: the semantic targets' ignore label.
+        """
+        super().__init__()
+        if pixel_rule not in PIXEL_RULES:
+            raise ValueError(
+                f"MODEL.EFFICIENTPS.FUSION_PIXEL_RULE={pixel_rule!r}; expected one of "
+                f"{PIXEL_RULES}"
+            )
+        self.class_tables = class_tables
+        self.score_thresh = score_thresh
+        self.overlap_thresh = overlap_thresh
+        self.stuff_area = stuff_area
+        self.stuff_area_reference = tuple(stuff_area_reference)
+        self.mask_logit_scale = mask_logit_scale
+        self.pixel_rule = pixel_rule
+        self.learned = (
+            LearnedPanopticFusion(
+                class_tables.num_things,
+                loss_weight=loss_weight,
+                loss_scale=loss_scale,
+                ignore_value=ignore_value,
+            )
+            if learned
+            else None
+        )
+
+    @classmethod
+    def from_config(cls, cfg, class_tables=None):
+        ecfg = cfg.MODEL.EFFICIENTPS
+        if ecfg.FUSION not in FUSIONS:
+            raise ValueError(f"MODEL.EFFICIENTPS.FUSION={ecfg.FUSION!r}; expected one of {FUSIONS}")
+        return {
+            "class_tables": class_tables or PanopticClassTables.from_config(cfg),
+            "score_thresh": ecfg.FUSION_SCORE_THRESH,
+            "overlap_thresh": ecfg.FUSION_OVERLAP_THRESH,
+            "stuff_area": ecfg.FUSION_STUFF_AREA,
+            "stuff_area_reference": ecfg.FUSION_STUFF_AREA_REFERENCE,
+            "mask_logit_scale": ecfg.FUSION_MASK_LOGIT_SCALE,
+            "pixel_rule": ecfg.FUSION_PIXEL_RULE,
+            "learned": ecfg.FUSION == "learned",
+            "loss_weight": ecfg.FUSION_LOSS_WEIGHT,
+            "loss_scale": ecfg.FUSION_LOSS_SCALE,
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        }
+
+    @property
+    def trainable(self):
+        """Whether the fusion has parameters and a loss (the learned fusion)."""
+        return self.learned is not None
+
+    def forward(self, sem_logits, detections):
+        """Fuse one image's semantic logits (C, H, W) and its detections at the same size.
+
+        ``detections``: Instances with pred_boxes, pred_classes (thing indices), scores and
+        pred_mask_logits (R, 1, M, M). Returns (panoptic (H, W) int32 ids, segments_info);
+        a thing segment's "instance_index" is its row in ``detections``.
+        """
+        height, width = sem_logits.shape[-2:]
+        confident = detections.scores >= self.score_thresh
+        kept = detections[confident]
+        # Pasted where the fusion reads them (each paste's window), never as (N, H, W) maps.
+        mask_logits = BoxMaskLogits(kept.pred_mask_logits, kept.pred_boxes.tensor, height, width)
+        ref_h, ref_w = self.stuff_area_reference
+        instance_weights = None
+        if self.learned is not None:
+            instance_weights = self.learned.instance_weights(kept.pred_classes)
+        panoptic, segments = fuse_panoptic(
+            sem_logits,
+            mask_logits,
+            kept.pred_boxes.tensor,
+            kept.pred_classes,
+            kept.scores,
+            stuff_channels=self.class_tables.stuff_channels,
+            thing_channels=self.class_tables.thing_channels,
+            score_thresh=self.score_thresh,
+            overlap_thresh=self.overlap_thresh,
+            stuff_area=self.stuff_area * (height * width) / (ref_h * ref_w),
+            mask_logit_scale=self.mask_logit_scale,
+            instance_weights=instance_weights,
+            pixel_rule=self.pixel_rule,
+        )
+        detection_index = confident.nonzero().flatten().tolist()
+        for segment in segments:
+            if segment["isthing"]:
+                segment["instance_index"] = detection_index[segment["instance_index"]]
+        return panoptic, segments
+
+    def losses(self, sem_logits, gt_mask_logits, targets):
+        """The learned fusion's panoptic loss ({} for the parameter-free fusions).
+
+        Args: as ``LearnedPanopticFusion.loss`` (semantic logits of the batch, mask logits of
+        the ground-truth boxes per image, per-image targets).
+        """
+        if self.learned is None:
+            return {}
+        return self.learned.loss(
+            sem_logits,
+            gt_mask_logits,
+            targets,
+            stuff_channels=self.class_tables.stuff_channels,
+            thing_channels=self.class_tables.thing_channels,
+        )
