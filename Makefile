@@ -20,12 +20,13 @@ FORCE_D2 := $(if $(DETECTRON2_SRC),force-install,)
 DEMO_DIR ?= output/demo
 PYTEST_ARGS ?=
 
-.PHONY: help install test demo bench lint format clean force-install
+.PHONY: help install test test-fast demo bench lint format clean force-install
 
 help:
 	@echo "make install   venv at $(VENV) with torch, detectron2 and efficientps (one command)"
 	@echo "make demo      the main job on the embedded synthetic dataset (CPU)"
 	@echo "make test      install if needed, then the whole test suite"
+	@echo "make test-fast the suite without the child-process trainings (marker slow)"
 	@echo "make bench     the benchmark scripts whose tables are in README"
 	@echo "make lint      ruff + black --check"
 
@@ -43,6 +44,9 @@ $(STAMP): $(INSTALL_INPUTS) $(FORCE_D2)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: install
 	$(PY) tools/run_demo.py --output $(DEMO_DIR)

@@ -18,7 +18,7 @@ from detectron2.utils import comm
 
 from efficientps.engine import launch
 
-from .test_training import load_train_net
+from .helpers import load_train_net
 
 ITERATIONS = 4
 

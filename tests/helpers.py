@@ -1,15 +1,20 @@
 """Shared builders for the tests: stock detectron2 configs and hand-made ground truth."""
 
+import importlib.util
 import uuid
 from pathlib import Path
 
 import torch
 from detectron2.config import get_cfg
+from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
+from fvcore.nn import parameter_count
 
 from efficientps import add_efficientps_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+TRAIN_NET = str(REPO / "train_net.py")
 BASE_CONFIG = str(CONFIGS / "Base-EfficientPS.yaml")
 
 
@@ -80,3 +85,116 @@ def synthetic_instances(height, width, boxes=((10, 20, 110, 150),), classes=(3,)
         mask[y0:y1, x0:x1] = True
     gt.gt_masks = BitMasks(masks)
     return gt
+
+
+def small_cfg(fusion="paper"):
+    """b0, Cityscapes classes (11 stuff channels 0..10, 8 things 11..18), small RPN budgets."""
+    cfg = base_cfg()
+    cfg.MODEL.EFFICIENTNET.NAME = "efficientnet-b0"
+    cfg.MODEL.EFFICIENTPS.STUFF_CHANNELS = list(range(11))
+    cfg.MODEL.EFFICIENTPS.THING_CHANNELS = list(range(11, 19))
+    cfg.MODEL.EFFICIENTPS.FUSION = fusion
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 200
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 64
+    return cfg
+
+
+def training_sample(height, width, boxes=((20, 30, 90, 120), (100, 40, 180, 150)), classes=(0, 5)):
+    """A training input for small_cfg: random image, two box instances, their semantic map."""
+    sem = torch.randint(0, 11, (height, width))
+    gt = synthetic_instances(height, width, boxes, classes)
+    for mask, c in zip(gt.gt_masks.tensor, gt.gt_classes):
+        sem[mask] = 11 + int(c)
+    return {"image": torch.rand(3, height, width) * 255, "sem_seg": sem, "instances": gt}
+
+
+def randomise_batchnorm(model, seed=0):
+    """Non-trivial running statistics and affine parameters, so folding them is a real test."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+
+
+def backbone_cfg(name="efficientnet-b0", **fpn):
+    """The EfficientNet + 2-way FPN backbone of ``name``; TWO_WAY_FPN keys as keywords."""
+    cfg = get_cfg()
+    add_efficientps_config(cfg)
+    cfg.MODEL.BACKBONE.NAME = "build_efficientnet_2wayfpn_backbone"
+    cfg.MODEL.EFFICIENTNET.NAME = name
+    for key, value in fpn.items():
+        cfg.MODEL.TWO_WAY_FPN[key] = value
+    return cfg
+
+
+def load_train_net():
+    """The repository's train_net.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("train_net", TRAIN_NET)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def small_inference_cfg(**overrides):
+    """small_cfg with narrow heads and every detection kept (random weights score low)."""
+    cfg = small_cfg()
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.MODEL.EFFICIENTPS.FUSION_SCORE_THRESH = 0.0
+    cfg.TEST.DETECTIONS_PER_IMAGE = 10
+    cfg.MODEL.TWO_WAY_FPN.OUT_CHANNELS = 64
+    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 32
+    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 32
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 128
+    for key, value in overrides.items():
+        cfg.merge_from_list([key, value])
+    return cfg
+
+
+def build_randomised(cfg, seed=0):
+    """build_model with a fixed seed and randomised BatchNorm statistics."""
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    randomise_batchnorm(model, seed)
+    return model
+
+
+# Exact parameter counts of the Cityscapes EfficientPS-B5 (19 classes, 8 things), pinned here
+# once; the head tests derive theirs layer by layer and compare with these.
+B5_CITYSCAPES_PARAMETERS = {
+    "backbone": 24_620_400,
+    "sem_seg_head": 1_206_547,
+    "proposal_generator": 593_935,
+    "roi_heads": 14_477_617,
+}
+
+
+def count_parameters(module):
+    """Number of parameters of ``module`` (fvcore's parameter_count)."""
+    return parameter_count(module)[""]
+
+
+def print_param_counts(modules):
+    """Print and return {name: parameter count} for a dict of modules (shown with pytest -s)."""
+    counts = {name: count_parameters(m) for name, m in modules.items()}
+    for name, n in counts.items():
+        print(f"{name:40s} {n:>12,d}  ({n / 1e6:.3f} M)")
+    return counts
+
+
+def kept_bytes(run):
+    """(run(), bytes of the storages autograd keeps for backward while run() builds its graph),
+    each storage counted once."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        output = run()
+    return output, sum(storages.values())

@@ -4,37 +4,21 @@ import copy
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone, build_model
 from detectron2.utils.events import EventStorage
 from efficientnet_pytorch import EfficientNet as ReferenceEfficientNet
 from torch.nn import functional as F
 
-from efficientps import add_efficientps_config
 from efficientps.modeling import configure_inference
 from efficientps.modeling.backbone import EfficientNet, TwoWayFPN
 
-from .helpers import stock_mask_rcnn_cfg, synthetic_instances
+from .helpers import backbone_cfg, count_parameters, stock_mask_rcnn_cfg, synthetic_instances
 
 SPEC_CHANNELS = {
     "efficientnet-b0": [24, 40, 112, 1280],
     "efficientnet-b4": [32, 56, 160, 1792],
     "efficientnet-b5": [40, 64, 176, 2048],
 }
-
-
-def count(module):
-    return sum(p.numel() for p in module.parameters())
-
-
-def backbone_cfg(name="efficientnet-b0", **fpn):
-    cfg = get_cfg()
-    add_efficientps_config(cfg)
-    cfg.MODEL.BACKBONE.NAME = "build_efficientnet_2wayfpn_backbone"
-    cfg.MODEL.EFFICIENTNET.NAME = name
-    for key, value in fpn.items():
-        cfg.MODEL.TWO_WAY_FPN[key] = value
-    return cfg
 
 
 @pytest.mark.parametrize("name", ["efficientnet-b0", "efficientnet-b5"])
@@ -74,13 +58,13 @@ def test_b5_parameter_counts():
         p.numel() for k, p in reference.named_parameters() if "_fc" not in k and "_se_" not in k
     )
     backbone = build_backbone(backbone_cfg("efficientnet-b5"))
-    assert count(backbone.bottom_up) == expected
-    assert round(count(backbone.bottom_up) / 1e6, 2) == 23.15
+    assert count_parameters(backbone.bottom_up) == expected
+    assert round(count_parameters(backbone.bottom_up) / 1e6, 2) == 23.15
     # 2 lateral sets (1x1 conv + BN) + 4 separable 3x3 output convs (dw + BN + pw + BN).
     laterals = 2 * sum(c * 256 + 2 * 256 for c in SPEC_CHANNELS["efficientnet-b5"])
     outputs = 4 * (256 * 9 + 2 * 256 + 256 * 256 + 2 * 256)
-    assert count(backbone) - count(backbone.bottom_up) == laterals + outputs
-    assert abs(count(backbone) / 1e6 - 24.6) < 0.05
+    assert count_parameters(backbone) - count_parameters(backbone.bottom_up) == laterals + outputs
+    assert abs(count_parameters(backbone) / 1e6 - 24.6) < 0.05
 
 
 def test_se_switch_adds_exactly_the_squeeze_excitation_parameters():
@@ -88,14 +72,14 @@ def test_se_switch_adds_exactly_the_squeeze_excitation_parameters():
     se_params = sum(p.numel() for k, p in reference.named_parameters() if "_se_" in k)
     with_se = EfficientNet(name="efficientnet-b0", se=True)
     without = EfficientNet(name="efficientnet-b0", se=False)
-    assert count(with_se) - count(without) == se_params > 0
+    assert count_parameters(with_se) - count_parameters(without) == se_params > 0
 
 
 def test_separable_switch_changes_fpn_by_the_expected_amount():
     separable = build_backbone(backbone_cfg(SEPARABLE=True))
     regular = build_backbone(backbone_cfg(SEPARABLE=False))
     per_level = (256 * 256 * 9 + 2 * 256) - (256 * 9 + 2 * 256 + 256 * 256 + 2 * 256)
-    assert count(regular) - count(separable) == 4 * per_level
+    assert count_parameters(regular) - count_parameters(separable) == 4 * per_level
 
 
 def test_both_fpn_paths_get_gradients():

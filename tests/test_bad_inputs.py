@@ -8,8 +8,7 @@ from PIL import Image
 from efficientps.data import EfficientPSPanopticMapper
 from efficientps.data.datasets import DatasetFormatError
 
-from .helpers import CONFIGS, registered_synthetic_train_split
-from .test_efficientps_model import small_cfg
+from .helpers import CONFIGS, registered_synthetic_train_split, small_cfg
 
 DEMO_CONFIG = str(CONFIGS / "demo" / "efficientps_synthetic_cpu.yaml")
 

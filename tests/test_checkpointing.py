@@ -8,20 +8,7 @@ from detectron2.modeling import build_backbone
 
 from efficientps.modeling.inplace_abn import convert_to_inplace_abn
 
-from .test_backbone import backbone_cfg
-
-
-def kept_bytes(run):
-    """Bytes of the storages autograd keeps for backward while ``run()`` builds the graph."""
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        output = run()
-    return output, sum(storages.values())
+from .helpers import backbone_cfg, kept_bytes
 
 
 def training_step(backbone, image):
@@ -72,16 +59,15 @@ def test_config_key_reaches_the_backbone_and_inference_ignores_it():
 def test_whole_model_step_with_every_checkpointing_key_is_the_plain_step():
     from detectron2.utils.events import EventStorage
 
-    from .test_efficientps_model import training_sample
-    from .test_inference_path import build, model_cfg
+    from .helpers import build_randomised, small_inference_cfg, training_sample
 
     keys = [
         "MODEL.EFFICIENTNET.ACTIVATION_CHECKPOINTING",
         "MODEL.TWO_WAY_FPN.ACTIVATION_CHECKPOINTING",
         "MODEL.SEM_SEG_HEAD.ACTIVATION_CHECKPOINTING",
     ]
-    plain = build(model_cfg()).train()
-    checkpointed = build(model_cfg(**{key: True for key in keys})).train()
+    plain = build_randomised(small_inference_cfg()).train()
+    checkpointed = build_randomised(small_inference_cfg(**{key: True for key in keys})).train()
     assert checkpointed.backbone.activation_checkpointing
     assert checkpointed.sem_seg_head.activation_checkpointing
 

@@ -1,4 +1,5 @@
-"""The demo CLI (files, folders, videos, unreadable input) and the optimised inference path."""
+"""The demo CLI: files, folders, videos, unreadable input (the folded inference path it runs is
+pinned against the plain path in test_inference_path)."""
 
 import json
 import uuid
@@ -16,9 +17,8 @@ from efficientps.data.datasets import register_synthetic_panoptic
 from efficientps.demo import UnreadableInputError, ground_truth_vs_prediction_sheet
 from efficientps.demo import main as demo_main
 from efficientps.evaluation import read_panoptic_png
-from efficientps.modeling import configure_inference
 
-from .helpers import CONFIGS
+from .helpers import CONFIGS, randomise_batchnorm
 
 DEMO_CONFIG = str(CONFIGS / "demo" / "efficientps_synthetic_cpu.yaml")
 # Random weights score every class low: keep the detections so the instance path runs.
@@ -34,19 +34,6 @@ def demo_cfg(opts=()):
     cfg.merge_from_file(DEMO_CONFIG)
     cfg.merge_from_list(list(opts))
     return cfg
-
-
-def randomise_batchnorm(model, seed=0):
-    """Non-trivial running statistics and affine parameters, so folding them is a real test."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
 
 
 @pytest.fixture(scope="module")
@@ -125,26 +112,3 @@ def test_demo_names_unreadable_and_missing_inputs(trained_files, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing_here"):
         demo_main(["--config-file", DEMO_CONFIG, "--input", str(tmp_path / "nothing_here*.png"),
                    "--output", str(tmp_path / "o"), "--opts", *opts])  # fmt: skip
-
-
-def test_optimised_inference_gives_the_plain_panoptic_output():
-    cfg = demo_cfg(KEEP_DETECTIONS)
-    cfg.MODEL.EFFICIENTPS.STUFF_CHANNELS = [0, 1, 2, 3, 4]
-    cfg.MODEL.EFFICIENTPS.THING_CHANNELS = [5, 6, 7]
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    randomise_batchnorm(model)
-    image = torch.randint(0, 256, (3, 75, 131), generator=torch.Generator().manual_seed(1))
-    inputs = [{"image": image.float(), "height": 75, "width": 131}]
-    configure_inference(model, fold_norm=False, channels_last_devices=())
-    with torch.inference_mode():
-        plain = model(inputs)[0]
-    configure_inference(model)  # the default: BatchNorm folded, channels_last on the CPU
-    with torch.inference_mode():
-        fast = model(inputs)[0]
-    assert len(plain["instances"]) > 0
-    torch.testing.assert_close(fast["sem_seg"], plain["sem_seg"], atol=1e-4, rtol=0)
-    assert torch.equal(fast["panoptic_seg"][0], plain["panoptic_seg"][0])
-    assert [s["category_id"] for s in fast["panoptic_seg"][1]] == [
-        s["category_id"] for s in plain["panoptic_seg"][1]
-    ]

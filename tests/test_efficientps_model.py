@@ -10,43 +10,15 @@ from efficientps import add_efficientps_config
 from efficientps.class_tables import PanopticClassTables
 from efficientps.modeling.meta_arch import EfficientPS
 
-from .helpers import CONFIGS, base_cfg, synthetic_instances
+from .helpers import (
+    B5_CITYSCAPES_PARAMETERS,
+    CONFIGS,
+    count_parameters,
+    small_cfg,
+    training_sample,
+)
 
 PAPER_PARAMETERS = 40.89e6
-
-
-def small_cfg(fusion="paper"):
-    """b0, Cityscapes classes (11 stuff channels 0..10, 8 things 11..18), small RPN budgets."""
-    cfg = base_cfg()
-    cfg.MODEL.EFFICIENTNET.NAME = "efficientnet-b0"
-    cfg.MODEL.EFFICIENTPS.STUFF_CHANNELS = list(range(11))
-    cfg.MODEL.EFFICIENTPS.THING_CHANNELS = list(range(11, 19))
-    cfg.MODEL.EFFICIENTPS.FUSION = fusion
-    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 200
-    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 64
-    return cfg
-
-
-def training_sample(height, width, boxes=((20, 30, 90, 120), (100, 40, 180, 150)), classes=(0, 5)):
-    sem = torch.randint(0, 11, (height, width))
-    gt = synthetic_instances(height, width, boxes, classes)
-    for mask, c in zip(gt.gt_masks.tensor, gt.gt_classes):
-        sem[mask] = 11 + int(c)
-    return {"image": torch.rand(3, height, width) * 255, "sem_seg": sem, "instances": gt}
-
-
-# Exact counts: EfficientNet-b5 without SE (23.15 M, pinned against efficientnet-pytorch in
-# test_backbone) + the 2-way FPN; the heads' counts are derived layer by layer in their tests.
-B5_CITYSCAPES_PARAMETERS = {
-    "backbone": 24_620_400,
-    "sem_seg_head": 1_206_547,
-    "proposal_generator": 593_935,
-    "roi_heads": 14_477_617,
-}
-
-
-def count(module):
-    return sum(p.numel() for p in module.parameters())
 
 
 def test_cityscapes_b5_has_the_paper_parameter_count():
@@ -63,8 +35,8 @@ def test_cityscapes_b5_has_the_paper_parameter_count():
     model = build_model(cfg)  # class tables from detectron2's Cityscapes panoptic metadata
     assert isinstance(model, EfficientPS)
     assert model.class_tables == PanopticClassTables(tuple(range(11)), tuple(range(11, 19)))
-    parts = {name: count(getattr(model, name)) for name in B5_CITYSCAPES_PARAMETERS}
-    parameters = count(model)
+    parts = {name: count_parameters(getattr(model, name)) for name in B5_CITYSCAPES_PARAMETERS}
+    parameters = count_parameters(model)
     print(f"EfficientPS-B5 Cityscapes: {parameters:,d} parameters (paper: 40.89 M)")
     assert parts == B5_CITYSCAPES_PARAMETERS
     assert parameters == sum(parts.values()) == 40_898_499

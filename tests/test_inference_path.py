@@ -12,36 +12,15 @@ import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultPredictor
-from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from torch import nn
 
 from efficientps.modeling import ConvNormAct, configure_inference
 from efficientps.modeling.inplace_abn import InPlaceABN
 
-from .test_demo import randomise_batchnorm
-from .test_efficientps_model import small_cfg, training_sample
-
-
-def model_cfg(**overrides):
-    cfg = small_cfg()
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
-    cfg.MODEL.EFFICIENTPS.FUSION_SCORE_THRESH = 0.0
-    cfg.TEST.DETECTIONS_PER_IMAGE = 10
-    cfg.MODEL.TWO_WAY_FPN.OUT_CHANNELS = 64
-    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 32
-    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 32
-    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 128
-    for key, value in overrides.items():
-        cfg.merge_from_list([key, value])
-    return cfg
-
-
-def build(cfg, seed=0):
-    torch.manual_seed(seed)
-    model = build_model(cfg)
-    randomise_batchnorm(model, seed)
-    return model
+from .helpers import build_randomised as build
+from .helpers import small_inference_cfg as model_cfg
+from .helpers import training_sample
 
 
 def inputs(height=96, width=131):

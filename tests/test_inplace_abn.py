@@ -13,6 +13,8 @@ from torch.nn import functional as F
 from efficientps.modeling import InPlaceABN, configure_inference, convert_to_inplace_abn
 from efficientps.modeling.layers import SeparableConv2d, conv_norm_act
 
+from .helpers import kept_bytes
+
 
 def bn_with_awkward_weights(channels=6):
     bn = nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01).double()
@@ -77,19 +79,6 @@ def conv_stack(norm="BN", act="leaky_relu"):
     )
 
 
-def saved_bytes(model, x):
-    """Bytes autograd keeps for backward (each storage once)."""
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x).sum()
-    return sum(storages.values())
-
-
 def test_converted_model_keeps_half_the_activations_and_the_same_state_dict():
     model = conv_stack()
     converted = copy.deepcopy(model)
@@ -100,7 +89,8 @@ def test_converted_model_keeps_half_the_activations_and_the_same_state_dict():
     x = torch.randn(2, 8, 64, 64, requires_grad=True)
     with torch.no_grad():
         torch.testing.assert_close(converted(x), model(x), atol=1e-5, rtol=1e-5)
-    plain, inplace = saved_bytes(model, x), saved_bytes(converted, x)
+    _, plain = kept_bytes(lambda: model(x).sum())
+    _, inplace = kept_bytes(lambda: converted(x).sum())
     assert inplace < 0.6 * plain, (plain, inplace)
 
     model.double(), converted.double()

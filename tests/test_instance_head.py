@@ -14,8 +14,13 @@ from efficientps.modeling.heads import (
     EfficientPSRPNHead,
 )
 
-from .helpers import base_cfg, synthetic_instances
-from .param_counts import print_param_counts
+from .helpers import (
+    B5_CITYSCAPES_PARAMETERS,
+    base_cfg,
+    count_parameters,
+    print_param_counts,
+    synthetic_instances,
+)
 
 PYRAMID = {f"p{i}": ShapeSpec(channels=256, stride=2**i) for i in range(2, 6)}
 
@@ -56,15 +61,18 @@ def test_parameter_counts_match_the_spec():
     # class-specific deltas 1024->32 (32,800).
     # Mask: 4 separable 3x3 256->256 with BN (4 x 68,864), 2x2 deconv 256->256 (262,400),
     # logits 256->8 (2,056).
-    assert list(counts.values()) == [593_935, 13_937_705, 539_912]
+    expected = [590_080 + 771 + 3_084, 12_846_080 + 1_049_600 + 9_225 + 32_800,
+                4 * 68_864 + 262_400 + 2_056]  # fmt: skip
+    assert list(counts.values()) == expected
+    assert expected[0] == B5_CITYSCAPES_PARAMETERS["proposal_generator"]
+    assert expected[1] + expected[2] == B5_CITYSCAPES_PARAMETERS["roi_heads"]
 
 
 def test_rpn_separable_switch():
     regular = build_proposal_generator(cityscapes_cfg(SEPARABLE=False), PYRAMID)
     sep = build_proposal_generator(cityscapes_cfg(SEPARABLE=True, NORM="BN"), PYRAMID)
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     # regular 3x3 + bias: 590,080; separable (dw 2,304 + BN 512 + pw 65,536 + BN 512): 68,864
-    assert count(regular) - count(sep) == 590_080 - 68_864
+    assert count_parameters(regular) - count_parameters(sep) == 590_080 - 68_864
 
 
 def test_rpn_head_shapes_on_odd_sizes():
@@ -84,9 +92,8 @@ def test_mask_head_gives_28x28_logits_per_class():
     regular = cfg.clone()
     regular.MODEL.ROI_MASK_HEAD.SEPARABLE = False
     regular_head = build_roi_heads(regular, PYRAMID).mask_head
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     # regular 3x3 + BN: 590,336 per conv; separable with two BNs: 68,864
-    assert count(regular_head) - count(head) == 4 * (590_336 - 68_864)
+    assert count_parameters(regular_head) - count_parameters(head) == 4 * (590_336 - 68_864)
 
 
 def proposals_for(height, width, boxes):

@@ -311,7 +311,7 @@ def test_fine_tuning_from_converted_weights_trains(converted):
     weights: every loss finite, every parameter gets a gradient."""
     from detectron2.utils.events import EventStorage
 
-    from .test_efficientps_model import training_sample
+    from .helpers import training_sample
 
     _, _, path = converted
     torch.manual_seed(0)

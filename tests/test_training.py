@@ -17,8 +17,8 @@ from efficientps.data.datasets import register_synthetic_panoptic
 from efficientps.engine import ResumableTrainingSampler
 
 from .dataset_trees import REPO
+from .helpers import TRAIN_NET, load_train_net
 
-TRAIN_NET = str(REPO / "train_net.py")
 DEMO_CONFIG = str(REPO / "configs" / "demo" / "efficientps_synthetic_cpu.yaml")
 # The demo config made tiny: 64x128 images, batch 2, no loader workers.
 TINY = [
@@ -27,15 +27,6 @@ TINY = [
     "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "2", "DATALOADER.NUM_WORKERS", "0",
     "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
 ]  # fmt: skip
-
-
-def load_train_net():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_net", TRAIN_NET)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +45,7 @@ def child_env(datasets_root):
     return env
 
 
+@pytest.mark.slow
 def test_train_then_eval_only_in_process(datasets_root, tmp_path):
     train_net = load_train_net()
     names = {}
@@ -100,6 +92,7 @@ def test_train_then_eval_only_in_process(datasets_root, tmp_path):
             train_net.main(args)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_names_iteration_and_terms(datasets_root, tmp_path):
     train_net = load_train_net()
     name = f"synth_nan_{uuid.uuid4().hex[:6]}"
@@ -137,6 +130,7 @@ def run_train_net(datasets_root, output_dir, *extra, resume=False, wait=True):
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_continues_from_the_last_checkpoint(datasets_root, tmp_path):
     schedule = ["SOLVER.MAX_ITER", "10", "SOLVER.STEPS", "(6,)", "SOLVER.CHECKPOINT_PERIOD", "2",
                 "DATASETS.TEST", "()"]  # fmt: skip
@@ -179,6 +173,7 @@ def test_resumable_sampler_continues_the_same_stream():
     assert sorted(first[:7]) == list(range(7)) and first[:7] != first[7:14]
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_and_keep_identical_replicas(datasets_root, tmp_path):
     """2 gloo processes: identical replicas after training, and evaluation split over both
     processes gives exactly what one process gives with the same weights."""
@@ -217,6 +212,7 @@ def test_two_cpu_processes_train_and_keep_identical_replicas(datasets_root, tmp_
             )
 
 
+@pytest.mark.slow
 def test_two_machines_with_one_process_each(datasets_root, tmp_path):
     """The multi-node path (--num-machines 2, --machine-rank, --dist-url) as two 'machines' on
     this host: both ranks train, rank 0 writes the checkpoint, the world size is 2."""
