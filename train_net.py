@@ -18,7 +18,8 @@ from detectron2.utils.logger import setup_logger
 from efficientps import add_efficientps_config
 from efficientps.engine import EfficientPSTrainer as Trainer
 from efficientps.engine import launch
-from efficientps.engine.setup import cpu_safe_norms, load_weights_or_fail
+from efficientps.engine.checkpoint import load_weights_or_fail
+from efficientps.engine.cpu_norms import cpu_safe_norms
 
 
 def build_config(args):

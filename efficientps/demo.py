@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .class_tables import PanopticClassTables, channel_to_dataset_id
 from .config import add_efficientps_config
-from .engine.setup import check_weights_fit, read_checkpoint
+from .engine.checkpoint import check_weights_fit, read_checkpoint
 from .evaluation import read_panoptic_png, write_panoptic_png
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}

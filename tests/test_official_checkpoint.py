@@ -15,7 +15,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from efficientps.engine.setup import cpu_safe_norms
+from efficientps.engine.cpu_norms import cpu_safe_norms
 from efficientps.modeling.anchors import MMDetV1AnchorGenerator
 
 from .authors_layout import NUM_THINGS, AuthorsReference, authors_state_dict

@@ -237,7 +237,7 @@ def test_fusion_on_box_mask_logits_equals_fusion_on_pasted_maps():
 
 
 def test_channel_argmax_equals_argmax_with_ties_to_the_first_channel():
-    from efficientps.modeling.meta_arch.panoptic_fusion import channel_argmax
+    from efficientps.channel_argmax import channel_argmax
 
     logits = torch.randn(7, 31, 45, generator=torch.Generator().manual_seed(5))
     logits[3, :10] = logits[1, :10] = logits[:, :10].max(dim=0).values + 1  # ties: 1 wins

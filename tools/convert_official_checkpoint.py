@@ -25,8 +25,8 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from efficientps import add_efficientps_config
-from efficientps.engine.setup import cpu_safe_norms
-from efficientps.official_checkpoint import convert_official_checkpoint
+from efficientps.authors_weights import convert_official_checkpoint
+from efficientps.engine.cpu_norms import cpu_safe_norms
 
 DEFAULT_CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

@@ -81,12 +81,18 @@ class EfficientPSTrainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__ with the differences above; its other methods are inherited.
+        """DefaultTrainer.__init__ written out, because two of its steps must differ and it
+        offers no hook for either: it wraps DDP with ``device_ids`` (which DDP rejects for CPU
+        modules) and hands ``SimpleTrainer`` the loader itself (which v0.6 starts at once, from
+        position 0, before ``resume_or_load`` can tell the sampler where to continue). The
+        sampler is built here and kept, so that ``resume_or_load`` can move it."""
         TrainerBase.__init__(self)
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
+        dataset = self.build_train_dataset(cfg)
+        self.train_sampler = ResumableTrainingSampler(len(dataset), seed=cfg.SEED)
+        data_loader = self.build_train_loader(cfg, dataset=dataset, sampler=self.train_sampler)
         ddp_options = {"broadcast_buffers": False}
         if next(model.parameters()).device.type == "cpu":
             ddp_options["device_ids"] = None
@@ -129,15 +135,25 @@ class EfficientPSTrainer(DefaultTrainer):
         # SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model": the paper's global-norm clipping.
         return build_optimizer(cfg, model)
 
-    def build_train_loader(self, cfg):
-        # detectron2's concatenation (fails on an empty dataset, checks the class lists agree);
-        # panoptic records have no "annotations" to filter on.
-        dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
-        self.train_sampler = ResumableTrainingSampler(len(dataset), seed=cfg.SEED)
+    @classmethod
+    def build_train_dataset(cls, cfg):
+        """The records of DATASETS.TRAIN, concatenated by detectron2 (which fails on an empty
+        dataset and checks that the class lists agree); panoptic records have no
+        "annotations" to filter on."""
+        return get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
+
+    @classmethod
+    def build_train_loader(cls, cfg, *, dataset=None, sampler=None):
+        """detectron2's train loader with EfficientPS' mapper and a ``ResumableTrainingSampler``
+        (from position 0 unless ``sampler`` is given; the trainer passes the one it resumes)."""
+        if dataset is None:
+            dataset = cls.build_train_dataset(cfg)
+        if sampler is None:
+            sampler = ResumableTrainingSampler(len(dataset), seed=cfg.SEED)
         return build_detection_train_loader(
             dataset,
             mapper=EfficientPSPanopticMapper(cfg, is_train=True),
-            sampler=self.train_sampler,
+            sampler=sampler,
             total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
             aspect_ratio_grouping=False,
             num_workers=cfg.DATALOADER.NUM_WORKERS,

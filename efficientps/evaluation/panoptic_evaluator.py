@@ -21,8 +21,8 @@ from detectron2.utils import comm
 from efficientps_pq import PQAccumulator, format_table, read_panoptic_png, write_panoptic_png
 from efficientps_pq.kernels import add_confusion, relabel
 
+from ..channel_argmax import channel_argmax
 from ..class_tables import PanopticClassTables, channel_to_dataset_id
-from ..modeling.meta_arch.panoptic_fusion import channel_argmax
 from .rle import encode_mask
 
 logger = logging.getLogger(__name__)

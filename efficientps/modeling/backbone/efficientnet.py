@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.ops import stochastic_depth
 
-from ..checkpointing import checkpointed, checkpointing_active
+from ..activation_checkpointing import checkpointed, checkpointing_active
 from ..layers import SamePadConv2d, build_activation, build_norm, check_layer_names, same_pad
 
 logger = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ class EfficientNet(Backbone):
             freeze_at: freeze the stem (1) and stages res2..res{freeze_at}.
             activation_checkpointing: in training, keep only each block's input for backward
                 and recompute the block then (less memory, one more backbone forward in time;
-                exact: see ``modeling.checkpointing``).
+                exact: see ``modeling.activation_checkpointing``).
             ds_project_activation: the activation also after the 1x1 projection of the
                 blocks without expansion (the first stage's depthwise-separable blocks). The
                 projection is linear in EfficientNet and the paper; the authors' code activates

@@ -10,7 +10,7 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from torch import nn
 from torch.nn import functional as F
 
-from ..checkpointing import checkpointed, checkpointing_active
+from ..activation_checkpointing import checkpointed, checkpointing_active
 from ..layers import check_layer_names, conv_norm_act, conv_or_separable
 from .efficientnet import build_efficientnet_backbone
 
@@ -38,7 +38,7 @@ class TwoWayFPN(Backbone):
             top_block (nn.Module or None): e.g. LastLevelMaxPool, applied to the coarsest output
                 to add p6 for stock RPN configs.
             activation_checkpointing (bool): in training, keep only the bottom-up maps for
-                backward and run the two paths again then (``modeling.checkpointing``).
+                backward and run the two paths again then (``modeling.activation_checkpointing``).
         """
         super().__init__()
         self.bottom_up = bottom_up

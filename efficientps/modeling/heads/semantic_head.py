@@ -14,7 +14,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
-from ..checkpointing import checkpointed, checkpointing_active
+from ..activation_checkpointing import checkpointed, checkpointing_active
 from ..layers import SeparableConv2d, check_layer_names, conv_norm_act
 
 PAPER_DPC_DILATIONS = ((1, 6), (1, 1), (6, 21), (18, 15), (6, 3))
@@ -170,7 +170,7 @@ class EfficientPSSemSegHead(nn.Module):
             hard_pixel_fraction: fraction of the hardest pixels whose loss counts (1.0: all).
             hard_pixel_ranking: rank per "image" (paper) or over the "batch" (authors' code).
             activation_checkpointing: in training, keep only the input levels for backward
-                and run the head again then (``modeling.checkpointing``).
+                and run the head again then (``modeling.activation_checkpointing``).
         """
         super().__init__()
         if len(in_features) != 4:

@@ -49,7 +49,7 @@ from collections import Counter, OrderedDict
 
 import torch
 
-from .engine.setup import load_untrusted
+from .engine.checkpoint import load_untrusted
 from .modeling.backbone.efficientnet import efficientnet_block_args
 
 logger = logging.getLogger(__name__)
