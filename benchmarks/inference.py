@@ -10,7 +10,7 @@ detections per image (random weights would otherwise give each a different numbe
 (model, variant, size) runs in its own child process, so its peak RSS is its own. Variants:
   plain            conv -> BN -> activation and torchvision's ROIAlign kernel: the training
                    path, with MODEL.EFFICIENTPS.INFERENCE_FOLD_BN False, no channels_last,
-                   FAST_CPU_ROI_ALIGN False
+                   ROI_HEADS.FAST_CPU_ROI_ALIGN False
   user path        what a user runs: build_model(cfg), DetectionCheckpointer(model).load(file),
                    model.eval(), model(inputs) -- default config, no other call
   user path, bf16  the same with MODEL.EFFICIENTPS.INFERENCE_DTYPE bfloat16
@@ -50,7 +50,7 @@ def efficientps_variant_cfg(variant):
         "MODEL.EFFICIENTPS.FUSION_SCORE_THRESH", "0.0",
     ]  # fmt: skip
     if variant == "plain":
-        opts += ["MODEL.EFFICIENTPS.FAST_CPU_ROI_ALIGN", "False"]
+        opts += ["MODEL.ROI_HEADS.FAST_CPU_ROI_ALIGN", "False"]
     if variant.endswith("bf16"):
         opts += ["MODEL.EFFICIENTPS.INFERENCE_DTYPE", "bfloat16"]
     return efficientps_cfg(opts=opts)

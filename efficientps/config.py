@@ -86,6 +86,10 @@ def _add_head_config(cfg):
     cfg.MODEL.RPN.NORM = ""
     cfg.MODEL.RPN.ACTIVATION = "leaky_relu"
 
+    # ROIAlign of the ROI heads through one embedding_bag on CPU (same numbers as torchvision's
+    # kernel, ~7x faster backward); torchvision's kernel on GPU either way.
+    cfg.MODEL.ROI_HEADS.FAST_CPU_ROI_ALIGN = True
+
     # Box head: norm and activation after each FC ("" = no norm).
     cfg.MODEL.ROI_BOX_HEAD.ACTIVATION = "leaky_relu"
 
@@ -125,9 +129,6 @@ def _add_model_config(cfg):
     # metadata of the first dataset in DATASETS.TRAIN (or TEST).
     cfg.MODEL.EFFICIENTPS.STUFF_CHANNELS = []
     cfg.MODEL.EFFICIENTPS.THING_CHANNELS = []
-    # ROIAlign of the ROI heads through one embedding_bag on CPU (same numbers as torchvision's
-    # kernel, ~7x faster backward); torchvision's kernel on GPU either way.
-    cfg.MODEL.EFFICIENTPS.FAST_CPU_ROI_ALIGN = True
     # In-place activated BN (the paper's iABN): every conv's BN + LeakyReLU keeps only its output
     # for backward (same function, parameters and checkpoints; less training memory). BN,
     # SyncBN and naiveSyncBN norms become iABN / iABN-sync.

@@ -1,11 +1,13 @@
 """EfficientPS' Mask R-CNN pieces: RPN head, box head, separable mask head, ROI heads."""
 
+import pytest
 import torch
-from detectron2.layers import ShapeSpec
+from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm, ShapeSpec
 from detectron2.modeling.proposal_generator import build_proposal_generator
-from detectron2.modeling.roi_heads import build_roi_heads
+from detectron2.modeling.roi_heads import build_box_head, build_roi_heads
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
+from torch import nn
 
 from efficientps.modeling.heads import (
     EfficientPSBoxHead,
@@ -144,3 +146,36 @@ def test_roi_heads_train_and_every_parameter_gets_gradients():
     for module in (rpn, roi):
         for name, p in module.named_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("norm", ["BN", "naiveSyncBN", "FrozenBN", "GN"])
+def test_box_head_norm_is_the_one_the_config_names(norm):
+    cfg = base_cfg()
+    cfg.MODEL.ROI_BOX_HEAD.NORM = norm
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 40  # not a multiple of 32: GN takes 8 groups
+    head = build_box_head(cfg, ShapeSpec(channels=16, height=7, width=7)).train()
+    expected = {"BN": nn.BatchNorm2d, "naiveSyncBN": NaiveSyncBatchNorm,
+                "FrozenBN": FrozenBatchNorm2d, "GN": nn.GroupNorm}[norm]  # fmt: skip
+    assert type(head.fc1_norm) is expected and type(head.fc2_norm) is expected
+    x = torch.randn(6, 16, 7, 7)
+    out = head(x)
+    assert out.shape == (6, 40)
+    if norm == "BN":  # BatchNorm1d's function and statistics over the FC outputs
+        reference = nn.BatchNorm1d(40).train()
+        fc1 = head.fc1(x.flatten(1)).detach()
+        expected_out = reference(fc1)
+        torch.testing.assert_close(head.fc1_norm.running_mean, reference.running_mean)
+        torch.testing.assert_close(head.fc1_norm.running_var, reference.running_var)
+        head.eval()
+        reference.eval()
+        torch.testing.assert_close(
+            head.fc1_norm(fc1[:, :, None, None]).flatten(1), reference(fc1), atol=1e-5, rtol=0
+        )
+        assert expected_out.shape == fc1.shape
+
+
+def test_box_head_rejects_an_unknown_norm_naming_the_key():
+    cfg = base_cfg()
+    cfg.MODEL.ROI_BOX_HEAD.NORM = "LayerNorm"
+    with pytest.raises(ValueError, match="MODEL.ROI_BOX_HEAD.NORM"):
+        build_box_head(cfg, ShapeSpec(channels=16, height=7, width=7))

@@ -58,6 +58,6 @@ def test_roi_heads_use_it_and_it_can_be_switched_off():
     heads = build_roi_heads(cfg, shapes)
     assert isinstance(heads.box_pooler.level_poolers[0], FastCPUROIAlign)
     assert isinstance(heads.mask_pooler.level_poolers[0], FastCPUROIAlign)
-    cfg.MODEL.EFFICIENTPS.FAST_CPU_ROI_ALIGN = False
+    cfg.MODEL.ROI_HEADS.FAST_CPU_ROI_ALIGN = False
     heads = build_roi_heads(cfg, shapes)
     assert not isinstance(heads.box_pooler.level_poolers[0], FastCPUROIAlign)

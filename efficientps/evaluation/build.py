@@ -3,6 +3,7 @@
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluators
 
+from ..class_tables import PanopticClassTables
 from .panoptic_evaluator import EfficientPSEvaluator
 
 # detectron2's Cityscapes/COCO panoptic registrations get our evaluator too: it needs neither
@@ -14,7 +15,15 @@ def build_evaluator(cfg, dataset_name, output_dir=None):
     evaluator_type = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", None)
     if evaluator_type in PANOPTIC_TYPES:
         return DatasetEvaluators(
-            [EfficientPSEvaluator(dataset_name, distributed=True, output_dir=output_dir)]
+            [
+                EfficientPSEvaluator(
+                    dataset_name,
+                    # the tables the model and the mapper are built with (one source)
+                    class_tables=PanopticClassTables.from_config(cfg),
+                    distributed=True,
+                    output_dir=output_dir,
+                )
+            ]
         )
     raise NotImplementedError(
         f"no evaluator for dataset {dataset_name!r} (evaluator_type={evaluator_type!r}); "

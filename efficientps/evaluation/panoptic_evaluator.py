@@ -31,9 +31,20 @@ logger = logging.getLogger(__name__)
 class EfficientPSEvaluator(DatasetEvaluator):
     """Panoptic quality, mIoU and AP of EfficientPS outputs on a registered panoptic dataset."""
 
-    def __init__(self, dataset_name, *, distributed=True, output_dir=None, compute_ap=True):
+    def __init__(
+        self, dataset_name, *, class_tables=None, distributed=True, output_dir=None, compute_ap=True
+    ):
+        """
+        Args:
+            dataset_name: a registered panoptic dataset (its metadata and ground truth).
+            class_tables: the model's PanopticClassTables (``build_evaluator`` passes the ones
+                the model and the mapper were built with); None: from the dataset's metadata.
+            distributed: gather the statistics of all processes before computing.
+            output_dir: where the predictions and results.json go (None: nowhere).
+            compute_ap: also the COCO mask AP of the thing predictions.
+        """
         self.metadata = MetadataCatalog.get(dataset_name)
-        self.tables = PanopticClassTables.from_metadata(self.metadata)
+        self.tables = class_tables or PanopticClassTables.from_metadata(self.metadata)
         self.class_names = list(self.metadata.stuff_classes)
         self.ignore_label = self.metadata.ignore_label
         self.categories = [

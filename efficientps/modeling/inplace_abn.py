@@ -126,10 +126,6 @@ class InPlaceABN(nn.BatchNorm2d):
     def extra_repr(self):
         return f"{super().extra_repr()}, slope={self.slope}, sync={self.sync}"
 
-    def activation_module(self):
-        """The activation applied after the norm, as a module (used when BN is folded away)."""
-        return None if self.slope is None else nn.LeakyReLU(self.slope, inplace=True)
-
     def forward(self, x):
         if not self.training:
             y = super().forward(x)

@@ -12,7 +12,7 @@ touching its parameters (see ``ConvNormAct``).
 import math
 
 import torch
-from detectron2.layers import Conv2d, FrozenBatchNorm2d, NaiveSyncBatchNorm
+from detectron2.layers import Conv2d, FrozenBatchNorm2d, get_norm
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_weights
@@ -55,23 +55,22 @@ def group_norm_groups(channels, max_groups=32):
 
 
 def build_norm(name, channels, *, eps=1e-5, momentum=0.1):
-    """Return a norm layer for ``name`` (one of NORMS) over ``channels`` channels, or None.
+    """detectron2's ``get_norm(name, channels)`` (None for ""), with ``eps`` and ``momentum``.
 
-    ``eps``/``momentum`` use PyTorch's convention; EfficientNet uses eps 1e-3 and momentum 0.01.
+    ``eps``/``momentum`` use PyTorch's convention (EfficientNet: eps 1e-3, momentum 0.01).
+    GN takes the largest group count <= 32 that divides ``channels`` (detectron2's fixed 32
+    does not divide EfficientNet's 24, 40, ... channels).
     """
-    if name in ("", None):
-        return None
-    if name == "BN":
-        return nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
-    if name == "SyncBN":
-        return nn.SyncBatchNorm(channels, eps=eps, momentum=momentum)
-    if name == "naiveSyncBN":
-        return NaiveSyncBatchNorm(channels, eps=eps, momentum=momentum)
-    if name == "FrozenBN":
-        return FrozenBatchNorm2d(channels, eps=eps)
+    if name not in NORMS and name is not None:
+        raise ValueError(f"unknown norm {name!r}; expected one of {NORMS}")
     if name == "GN":
-        return nn.GroupNorm(group_norm_groups(channels), channels, eps=eps)
-    raise ValueError(f"unknown norm {name!r}; expected one of {NORMS}")
+        return get_norm(lambda c: nn.GroupNorm(group_norm_groups(c), c, eps=eps), channels)
+    layer = get_norm(name, channels)
+    if layer is not None:
+        layer.eps = eps
+        if hasattr(layer, "momentum"):  # FrozenBN keeps no running statistics to update
+            layer.momentum = momentum
+    return layer
 
 
 def conv_norm_act(

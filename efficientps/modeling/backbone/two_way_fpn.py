@@ -113,10 +113,9 @@ class TwoWayFPN(Backbone):
             carry = None
             if i + 1 < n:
                 carry = F.interpolate(bottom_up, size=inputs[i + 1].shape[-2:], mode="nearest")
-            summed = [top_down[i] + bottom_up]
+            summed = top_down[i] + bottom_up
             top_down[i] = bottom_up = None
-            # Popped from a list so the output conv holds the only reference to the sum.
-            outputs.append(self.output_convs[i](summed.pop()))
+            outputs.append(self.output_convs[i](summed))
         return outputs
 
     @property

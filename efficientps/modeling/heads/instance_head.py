@@ -23,7 +23,7 @@ from detectron2.structures import Boxes, Instances
 from fvcore.nn import weight_init
 from torch import nn
 
-from ..layers import build_activation, check_layer_names, conv_or_separable
+from ..layers import build_activation, build_norm, check_layer_names, conv_or_separable
 from ..roi_align import use_fast_cpu_roi_align
 
 
@@ -92,16 +92,6 @@ class EfficientPSRPNHead(nn.Module):
         return objectness, deltas
 
 
-def _fc_norm(norm, dim):
-    if norm in ("", None):
-        return None
-    if norm in ("BN", "SyncBN", "naiveSyncBN", "FrozenBN"):
-        return nn.BatchNorm1d(dim)
-    if norm == "GN":
-        return nn.GroupNorm(32, dim)
-    raise ValueError(f"unknown box-head norm {norm!r}")
-
-
 @ROI_BOX_HEAD_REGISTRY.register()
 class EfficientPSBoxHead(nn.Sequential):
     """Box head: flatten, then ``num_fc`` x [FC ``fc_dim`` + optional norm + activation]."""
@@ -112,7 +102,9 @@ class EfficientPSBoxHead(nn.Sequential):
         Args:
             input_shape: the pooled ROI features (channels, 7x7).
             num_fc, fc_dim: number and width of the FC layers.
-            norm: 1-d norm after each FC ("" none; BN kinds become BatchNorm1d, or "GN").
+            norm: after each FC, any of layers.NORMS ("" none), applied to the FC output as a
+                (N, fc_dim, 1, 1) map: BN is BatchNorm1d's statistics, SyncBN and naiveSyncBN
+                synchronise them, FrozenBN and GN work as in the convs.
             activation: after each FC ("" = ReLU, detectron2's).
         """
         super().__init__()
@@ -122,12 +114,20 @@ class EfficientPSBoxHead(nn.Sequential):
             fc = nn.Linear(in_dim, fc_dim)
             weight_init.c2_xavier_fill(fc)
             self.add_module(f"fc{k + 1}", fc)
-            norm_layer = _fc_norm(norm, fc_dim)
+            norm_layer = build_norm(norm, fc_dim)
             if norm_layer is not None:
                 self.add_module(f"fc{k + 1}_norm", norm_layer)
             self.add_module(f"fc{k + 1}_act", build_activation(activation or "relu"))
             in_dim = fc_dim
         self._output_size = in_dim
+
+    def forward(self, x):
+        for name, layer in self.named_children():
+            if name.endswith("_norm"):  # 2-d norms over (N, C, 1, 1)
+                x = layer(x[:, :, None, None]).flatten(1)
+            else:
+                x = layer(x)
+        return x
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -248,7 +248,7 @@ class EfficientPSROIHeads(StandardROIHeads):
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        ret["fast_cpu_roi_align"] = cfg.MODEL.EFFICIENTPS.FAST_CPU_ROI_ALIGN
+        ret["fast_cpu_roi_align"] = cfg.MODEL.ROI_HEADS.FAST_CPU_ROI_ALIGN
         return ret
 
     def mask_logits_for_boxes(

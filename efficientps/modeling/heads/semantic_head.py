@@ -23,6 +23,13 @@ PAPER_DPC_DILATIONS = ((1, 6), (1, 1), (6, 21), (18, 15), (6, 3))
 HARD_PIXEL_RANKINGS = ("image", "batch")
 
 
+def checked_ranking(ranking, name="hard-pixel ranking"):
+    """``ranking`` if it is one of HARD_PIXEL_RANKINGS, else an error naming ``name``."""
+    if ranking not in HARD_PIXEL_RANKINGS:
+        raise ValueError(f"{name}={ranking!r}; expected one of {HARD_PIXEL_RANKINGS}")
+    return ranking
+
+
 def checked_dpc_dilations(dilations, name="DPC dilations"):
     """``dilations`` as 5 (row, col) tuples, one per DPC branch; else an error naming ``name``."""
     pairs = [tuple(d) for d in dilations]
@@ -54,8 +61,7 @@ def hard_pixel_cross_entropy(
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"hard-pixel fraction must be in (0, 1], got {fraction}")
-    if ranking not in HARD_PIXEL_RANKINGS:
-        raise ValueError(f"hard-pixel ranking {ranking!r}; expected one of {HARD_PIXEL_RANKINGS}")
+    checked_ranking(ranking)
     losses = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="none")
     height, width = targets.shape[-2:]
     pixels = [h * w for h, w in image_sizes] if image_sizes is not None else None
@@ -192,12 +198,9 @@ class EfficientPSSemSegHead(nn.Module):
         self.ignore_value = ignore_value
         self.loss_weight = loss_weight
         self.hard_pixel_fraction = hard_pixel_fraction
-        if hard_pixel_ranking not in HARD_PIXEL_RANKINGS:
-            raise ValueError(
-                f"MODEL.SEM_SEG_HEAD.HARD_PIXEL_RANKING={hard_pixel_ranking!r}; expected one of "
-                f"{HARD_PIXEL_RANKINGS}"
-            )
-        self.hard_pixel_ranking = hard_pixel_ranking
+        self.hard_pixel_ranking = checked_ranking(
+            hard_pixel_ranking, "MODEL.SEM_SEG_HEAD.HARD_PIXEL_RANKING"
+        )
         self.activation_checkpointing = activation_checkpointing
 
     @classmethod

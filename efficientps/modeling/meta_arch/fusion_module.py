@@ -11,7 +11,7 @@ from torch import nn
 from ...class_tables import PanopticClassTables
 from .learned_fusion import LearnedPanopticFusion
 from .mask_paste import BoxMaskLogits
-from .panoptic_fusion import PIXEL_RULES, fuse_panoptic
+from .panoptic_fusion import checked_pixel_rule, fuse_panoptic
 
 FUSIONS = ("paper", "learned")
 
@@ -54,18 +54,13 @@ class EfficientPSPanopticFusion(nn.Module):
                 input size it is computed at. ignore_value: the semantic targets' ignore label.
         """
         super().__init__()
-        if pixel_rule not in PIXEL_RULES:
-            raise ValueError(
-                f"MODEL.EFFICIENTPS.FUSION_PIXEL_RULE={pixel_rule!r}; expected one of "
-                f"{PIXEL_RULES}"
-            )
         self.class_tables = class_tables
         self.score_thresh = score_thresh
         self.overlap_thresh = overlap_thresh
         self.stuff_area = stuff_area
         self.stuff_area_reference = tuple(stuff_area_reference)
         self.mask_logit_scale = mask_logit_scale
-        self.pixel_rule = pixel_rule
+        self.pixel_rule = checked_pixel_rule(pixel_rule, "MODEL.EFFICIENTPS.FUSION_PIXEL_RULE")
         self.learned = (
             LearnedPanopticFusion(
                 class_tables.num_things,

@@ -65,6 +65,13 @@ def _mask_source(mask_logits):
 PIXEL_RULES = ("argmax", "owner", "authors")
 
 
+def checked_pixel_rule(pixel_rule, name="pixel_rule"):
+    """``pixel_rule`` if it is one of PIXEL_RULES, else an error naming ``name``."""
+    if pixel_rule not in PIXEL_RULES:
+        raise ValueError(f"{name}={pixel_rule!r}; expected one of {PIXEL_RULES}")
+    return pixel_rule
+
+
 def overlap_filter(mask_logits, overlap_thresh, order=None):
     """Greedy overlap filter over detections sorted by confidence (highest first).
 
@@ -137,8 +144,7 @@ def fuse_panoptic(
         segments_info: list of {"id", "category_id" (semantic channel), "isthing", "area",
             and "score", "instance_index" (row in the inputs) for things}.
     """
-    if pixel_rule not in PIXEL_RULES:
-        raise ValueError(f"pixel_rule={pixel_rule!r}; expected one of {PIXEL_RULES}")
+    checked_pixel_rule(pixel_rule)
     device = sem_logits.device
     stuff_channels = torch.as_tensor(list(stuff_channels), dtype=torch.int64, device=device)
     thing_channels = torch.as_tensor(list(thing_channels), dtype=torch.int64, device=device)
