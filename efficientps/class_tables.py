@@ -76,14 +76,16 @@ class PanopticClassTables:
         """MODEL.EFFICIENTPS.{STUFF,THING}_CHANNELS if set, else the first dataset's metadata."""
         from detectron2.data import MetadataCatalog
 
-        ecfg = cfg.MODEL.EFFICIENTPS
-        if len(ecfg.STUFF_CHANNELS) or len(ecfg.THING_CHANNELS):
+        efficientps_cfg = cfg.MODEL.EFFICIENTPS
+        if len(efficientps_cfg.STUFF_CHANNELS) or len(efficientps_cfg.THING_CHANNELS):
             try:
-                return cls(tuple(ecfg.STUFF_CHANNELS), tuple(ecfg.THING_CHANNELS))
+                return cls(
+                    tuple(efficientps_cfg.STUFF_CHANNELS), tuple(efficientps_cfg.THING_CHANNELS)
+                )
             except ValueError as e:
                 raise ValueError(
-                    f"MODEL.EFFICIENTPS.STUFF_CHANNELS={list(ecfg.STUFF_CHANNELS)} and "
-                    f"THING_CHANNELS={list(ecfg.THING_CHANNELS)}: {e}"
+                    f"MODEL.EFFICIENTPS.STUFF_CHANNELS={list(efficientps_cfg.STUFF_CHANNELS)} and "
+                    f"THING_CHANNELS={list(efficientps_cfg.THING_CHANNELS)}: {e}"
                 ) from e
         names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
         if not names:

@@ -55,6 +55,13 @@ class MMDetV1AnchorGenerator(DefaultAnchorGenerator):
 
     @configurable
     def __init__(self, *, sizes, aspect_ratios, strides, offset=0.0):
+        """
+        Args:
+            sizes: anchor sizes in pixels, one list per level or one for all (detectron2's).
+            aspect_ratios: height / width ratios, broadcast the same way.
+            strides: the feature levels' strides (4..32 for p2..p5).
+            offset: must be 0.0 (the base anchors already carry mmdetection's centre).
+        """
         if offset != 0.0:
             raise ValueError(
                 "MODEL.ANCHOR_GENERATOR.OFFSET must be 0.0 with MMDetV1AnchorGenerator (its base "

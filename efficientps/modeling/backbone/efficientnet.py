@@ -373,20 +373,20 @@ def build_efficientnet_backbone(cfg, input_shape=None):
     """EfficientNet bottom-up backbone from ``cfg.MODEL.EFFICIENTNET``."""
     if input_shape is not None and input_shape.channels not in (None, 3):
         raise ValueError(f"EfficientNet takes 3-channel images, got {input_shape.channels}")
-    ecfg = cfg.MODEL.EFFICIENTNET
+    efficientnet_cfg = cfg.MODEL.EFFICIENTNET
     check_layer_names(cfg, "EFFICIENTNET")
     backbone = EfficientNet(
-        name=ecfg.NAME,
-        se=ecfg.SE,
-        norm=ecfg.NORM,
-        activation=ecfg.ACTIVATION,
-        out_features=ecfg.OUT_FEATURES,
-        drop_connect_rate=ecfg.DROP_CONNECT_RATE,
-        activation_checkpointing=ecfg.ACTIVATION_CHECKPOINTING,
-        ds_project_activation=ecfg.DS_PROJECT_ACTIVATION,
-        norm_momentum=ecfg.NORM_MOMENTUM,
+        name=efficientnet_cfg.NAME,
+        se=efficientnet_cfg.SE,
+        norm=efficientnet_cfg.NORM,
+        activation=efficientnet_cfg.ACTIVATION,
+        out_features=efficientnet_cfg.OUT_FEATURES,
+        drop_connect_rate=efficientnet_cfg.DROP_CONNECT_RATE,
+        activation_checkpointing=efficientnet_cfg.ACTIVATION_CHECKPOINTING,
+        ds_project_activation=efficientnet_cfg.DS_PROJECT_ACTIVATION,
+        norm_momentum=efficientnet_cfg.NORM_MOMENTUM,
     )
-    if ecfg.WEIGHTS:
-        backbone.load_efficientnet_pytorch_weights(ecfg.WEIGHTS)
+    if efficientnet_cfg.WEIGHTS:
+        backbone.load_efficientnet_pytorch_weights(efficientnet_cfg.WEIGHTS)
     # Freeze after loading, so that FrozenBN takes the loaded statistics.
-    return backbone.freeze(ecfg.FREEZE_AT)
+    return backbone.freeze(efficientnet_cfg.FREEZE_AT)

@@ -33,6 +33,10 @@ class TwoWayFPN(Backbone):
         """
         Args:
             bottom_up (Backbone): gives the ``in_features`` maps, finest first.
+            in_features (list[str]): the bottom-up maps the FPN takes (res2..res5 for p2..p5).
+            out_channels (int): channels of every lateral and output conv (256 in the paper).
+            norm (str): after every conv, one of layers.NORMS (the paper: iABN = BN + act).
+            activation (str): after every norm, one of layers.ACTIVATIONS.
             separable (bool): depthwise-separable 3x3 output convs (paper) or regular (authors'
                 code).
             top_block (nn.Module or None): e.g. LastLevelMaxPool, applied to the coarsest output
@@ -133,22 +137,22 @@ TOP_BLOCKS = {"": None, "maxpool": LastLevelMaxPool}
 @BACKBONE_REGISTRY.register()
 def build_efficientnet_2wayfpn_backbone(cfg, input_shape=None):
     """EfficientNet + 2-way FPN (EfficientPS' backbone), from MODEL.EFFICIENTNET/TWO_WAY_FPN."""
-    fcfg = cfg.MODEL.TWO_WAY_FPN
+    fpn_cfg = cfg.MODEL.TWO_WAY_FPN
     check_layer_names(cfg, "TWO_WAY_FPN")
-    if fcfg.TOP_BLOCK not in TOP_BLOCKS:
+    if fpn_cfg.TOP_BLOCK not in TOP_BLOCKS:
         raise ValueError(
-            f"MODEL.TWO_WAY_FPN.TOP_BLOCK={fcfg.TOP_BLOCK!r}; expected one of {list(TOP_BLOCKS)}"
+            f"MODEL.TWO_WAY_FPN.TOP_BLOCK={fpn_cfg.TOP_BLOCK!r}; expected one of {list(TOP_BLOCKS)}"
         )
-    top_block = TOP_BLOCKS[fcfg.TOP_BLOCK]
+    top_block = TOP_BLOCKS[fpn_cfg.TOP_BLOCK]
     return TwoWayFPN(
         build_efficientnet_backbone(cfg, input_shape),
-        in_features=fcfg.IN_FEATURES,
-        out_channels=fcfg.OUT_CHANNELS,
-        norm=fcfg.NORM,
-        activation=fcfg.ACTIVATION,
-        separable=fcfg.SEPARABLE,
+        in_features=fpn_cfg.IN_FEATURES,
+        out_channels=fpn_cfg.OUT_CHANNELS,
+        norm=fpn_cfg.NORM,
+        activation=fpn_cfg.ACTIVATION,
+        separable=fpn_cfg.SEPARABLE,
         top_block=top_block() if top_block is not None else None,
-        activation_checkpointing=fcfg.ACTIVATION_CHECKPOINTING,
+        activation_checkpointing=fpn_cfg.ACTIVATION_CHECKPOINTING,
     )
 
 

@@ -197,15 +197,15 @@ class EfficientPSMaskHead(BaseMaskRCNNHead, nn.Sequential):
     def from_config(cls, cfg, input_shape):
         check_layer_names(cfg, "ROI_MASK_HEAD")
         args = super().from_config(cfg, input_shape)
-        mcfg = cfg.MODEL.ROI_MASK_HEAD
+        mask_head_cfg = cfg.MODEL.ROI_MASK_HEAD
         args.update(
             input_shape=input_shape,
-            num_classes=1 if mcfg.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-            conv_dims=[mcfg.CONV_DIM] * mcfg.NUM_CONV,
-            separable=mcfg.SEPARABLE,
-            norm=mcfg.NORM,
-            activation=mcfg.ACTIVATION,
-            deconv_activation=mcfg.DECONV_ACTIVATION or None,
+            num_classes=1 if mask_head_cfg.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            conv_dims=[mask_head_cfg.CONV_DIM] * mask_head_cfg.NUM_CONV,
+            separable=mask_head_cfg.SEPARABLE,
+            norm=mask_head_cfg.NORM,
+            activation=mask_head_cfg.ACTIVATION,
+            deconv_activation=mask_head_cfg.DECONV_ACTIVATION or None,
         )
         return args
 

@@ -205,22 +205,24 @@ class EfficientPSSemSegHead(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        hcfg = cfg.MODEL.SEM_SEG_HEAD
+        sem_seg_cfg = cfg.MODEL.SEM_SEG_HEAD
         check_layer_names(cfg, "SEM_SEG_HEAD")
-        dilations = checked_dpc_dilations(hcfg.DPC_DILATIONS, "MODEL.SEM_SEG_HEAD.DPC_DILATIONS")
+        dilations = checked_dpc_dilations(
+            sem_seg_cfg.DPC_DILATIONS, "MODEL.SEM_SEG_HEAD.DPC_DILATIONS"
+        )
         return {
-            "input_shape": {k: v for k, v in input_shape.items() if k in hcfg.IN_FEATURES},
-            "num_classes": hcfg.NUM_CLASSES,
-            "in_features": hcfg.IN_FEATURES,
-            "conv_dims": hcfg.CONVS_DIM,
-            "norm": hcfg.NORM,
-            "activation": hcfg.ACTIVATION,
+            "input_shape": {k: v for k, v in input_shape.items() if k in sem_seg_cfg.IN_FEATURES},
+            "num_classes": sem_seg_cfg.NUM_CLASSES,
+            "in_features": sem_seg_cfg.IN_FEATURES,
+            "conv_dims": sem_seg_cfg.CONVS_DIM,
+            "norm": sem_seg_cfg.NORM,
+            "activation": sem_seg_cfg.ACTIVATION,
             "dpc_dilations": dilations,
-            "ignore_value": hcfg.IGNORE_VALUE,
-            "loss_weight": hcfg.LOSS_WEIGHT,
-            "hard_pixel_fraction": hcfg.HARD_PIXEL_FRACTION,
-            "hard_pixel_ranking": hcfg.HARD_PIXEL_RANKING,
-            "activation_checkpointing": hcfg.ACTIVATION_CHECKPOINTING,
+            "ignore_value": sem_seg_cfg.IGNORE_VALUE,
+            "loss_weight": sem_seg_cfg.LOSS_WEIGHT,
+            "hard_pixel_fraction": sem_seg_cfg.HARD_PIXEL_FRACTION,
+            "hard_pixel_ranking": sem_seg_cfg.HARD_PIXEL_RANKING,
+            "activation_checkpointing": sem_seg_cfg.ACTIVATION_CHECKPOINTING,
         }
 
     def layers(self, features):

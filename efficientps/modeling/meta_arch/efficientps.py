@@ -93,7 +93,7 @@ class EfficientPS(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
-        ecfg = cfg.MODEL.EFFICIENTPS
+        efficientps_cfg = cfg.MODEL.EFFICIENTPS
         class_tables = PanopticClassTables.from_config(cfg)
         components = {
             "backbone": backbone,
@@ -104,17 +104,17 @@ class EfficientPS(nn.Module):
         # How the built layers run, decided here rather than by the model's constructor:
         # in-place activated BN for training memory, the folded inference path.
         for component in components.values():
-            if ecfg.INPLACE_ABN:
+            if efficientps_cfg.INPLACE_ABN:
                 convert_to_inplace_abn(component)
             configure_inference(
                 component,
-                fold_norm=ecfg.INFERENCE_FOLD_BN,
-                channels_last_devices=ecfg.INFERENCE_CHANNELS_LAST_DEVICES,
+                fold_norm=efficientps_cfg.INFERENCE_FOLD_BN,
+                channels_last_devices=efficientps_cfg.INFERENCE_CHANNELS_LAST_DEVICES,
             )
         parameters = parameter_count(nn.ModuleList(components.values()))[""]
         logger.info(
             f"EfficientPS with {cfg.MODEL.EFFICIENTNET.NAME}: {parameters / 1e6:.2f} M parameters"
-            + (", in-place activated BN" if ecfg.INPLACE_ABN else "")
+            + (", in-place activated BN" if efficientps_cfg.INPLACE_ABN else "")
         )
         return {
             **components,
@@ -122,7 +122,7 @@ class EfficientPS(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "class_tables": class_tables,
             "panoptic_fusion": EfficientPSPanopticFusion(cfg, class_tables=class_tables),
-            "inference_dtype": ecfg.INFERENCE_DTYPE,
+            "inference_dtype": efficientps_cfg.INFERENCE_DTYPE,
         }
 
     @property

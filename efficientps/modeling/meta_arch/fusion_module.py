@@ -74,20 +74,22 @@ class EfficientPSPanopticFusion(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, class_tables=None):
-        ecfg = cfg.MODEL.EFFICIENTPS
-        if ecfg.FUSION not in FUSIONS:
-            raise ValueError(f"MODEL.EFFICIENTPS.FUSION={ecfg.FUSION!r}; expected one of {FUSIONS}")
+        efficientps_cfg = cfg.MODEL.EFFICIENTPS
+        if efficientps_cfg.FUSION not in FUSIONS:
+            raise ValueError(
+                f"MODEL.EFFICIENTPS.FUSION={efficientps_cfg.FUSION!r}; expected one of {FUSIONS}"
+            )
         return {
             "class_tables": class_tables or PanopticClassTables.from_config(cfg),
-            "score_thresh": ecfg.FUSION_SCORE_THRESH,
-            "overlap_thresh": ecfg.FUSION_OVERLAP_THRESH,
-            "stuff_area": ecfg.FUSION_STUFF_AREA,
-            "stuff_area_reference": ecfg.FUSION_STUFF_AREA_REFERENCE,
-            "mask_logit_scale": ecfg.FUSION_MASK_LOGIT_SCALE,
-            "pixel_rule": ecfg.FUSION_PIXEL_RULE,
-            "learned": ecfg.FUSION == "learned",
-            "loss_weight": ecfg.FUSION_LOSS_WEIGHT,
-            "loss_scale": ecfg.FUSION_LOSS_SCALE,
+            "score_thresh": efficientps_cfg.FUSION_SCORE_THRESH,
+            "overlap_thresh": efficientps_cfg.FUSION_OVERLAP_THRESH,
+            "stuff_area": efficientps_cfg.FUSION_STUFF_AREA,
+            "stuff_area_reference": efficientps_cfg.FUSION_STUFF_AREA_REFERENCE,
+            "mask_logit_scale": efficientps_cfg.FUSION_MASK_LOGIT_SCALE,
+            "pixel_rule": efficientps_cfg.FUSION_PIXEL_RULE,
+            "learned": efficientps_cfg.FUSION == "learned",
+            "loss_weight": efficientps_cfg.FUSION_LOSS_WEIGHT,
+            "loss_scale": efficientps_cfg.FUSION_LOSS_SCALE,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
         }
 

@@ -19,7 +19,16 @@ OUTSIDE_BOX_LOGIT = -1e4
 
 
 class LearnedPanopticFusion(nn.Module):
+    """The learned fusion's per-class weights [w_a, b_a, w_b, b_b] and its panoptic loss."""
+
     def __init__(self, num_things, *, loss_weight=1.0, loss_scale=0.25, ignore_value=255):
+        """
+        Args:
+            num_things: thing classes (one row of four weights each).
+            loss_weight: multiplies the panoptic cross entropy.
+            loss_scale: the loss is computed at this fraction of the input size (memory).
+            ignore_value: the semantic targets' ignore label (void, crowd, padding).
+        """
         super().__init__()
         identity = torch.tensor([1.0, 0.0, 1.0, 0.0])
         self.weights = nn.Parameter(identity.repeat(num_things, 1))
