@@ -28,7 +28,9 @@ setup(
         "tensorboard",
         "tqdm",
         "matplotlib",
+        "safetensors",  # ImageNet weights from the hub come as .safetensors (tensors only)
     ],
-    # hotcoco: the Rust PQ implementation that benchmarks/pq_eval.py compares against.
-    extras_require={"dev": ["pytest", "pytest-timeout", "ruff", "black", "hotcoco"]},
+    # hotcoco: the Rust PQ implementation that benchmarks/pq_eval.py compares against; timm:
+    # the ImageNet-weights converter is tested against timm's own EfficientNets.
+    extras_require={"dev": ["pytest", "pytest-timeout", "ruff", "black", "hotcoco", "timm"]},
 )

@@ -36,16 +36,27 @@ def machine_line():
     )
 
 
-def median_seconds(fn, runs=3, warmup=1):
-    """Median wall time of ``fn()`` over ``runs`` calls after ``warmup`` calls."""
+def median_seconds(fn, runs=3, warmup=1, device="cpu"):
+    """Median wall time of ``fn()`` over ``runs`` calls after ``warmup`` calls (on a GPU, each
+    call waits for its kernels)."""
+    synchronize = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     for _ in range(warmup):
         fn()
+    synchronize()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times), times
+
+
+def peak_memory_mb(device="cpu"):
+    """Peak memory of this process: resident (CPU) or allocated on the GPU (CUDA)."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return peak_rss_mb()
 
 
 def peak_rss_mb():
@@ -57,11 +68,11 @@ def fresh():
     gc.collect()
 
 
-def efficientps_cfg(config=CITYSCAPES_CONFIG, opts=()):
+def efficientps_cfg(config=CITYSCAPES_CONFIG, opts=(), device="cpu"):
     cfg = get_cfg()
     add_efficientps_config(cfg)
     cfg.merge_from_file(config)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
+    cfg.merge_from_list(["MODEL.DEVICE", device, *opts])
     # The class tables come from the config, so no dataset has to be on disk.
     if not cfg.MODEL.EFFICIENTPS.STUFF_CHANNELS:
         cfg.MODEL.EFFICIENTPS.STUFF_CHANNELS = list(range(11))
@@ -69,10 +80,10 @@ def efficientps_cfg(config=CITYSCAPES_CONFIG, opts=()):
     return cfg
 
 
-def panoptic_fpn_r50_cfg(num_stuff_plus_one=12, num_things=8):
+def panoptic_fpn_r50_cfg(num_stuff_plus_one=12, num_things=8, device="cpu"):
     """detectron2's Panoptic FPN R50 (its Base-RCNN-FPN + panoptic keys), random weights."""
     cfg = get_cfg()
-    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DEVICE = device
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.META_ARCHITECTURE = "PanopticFPN"
     cfg.MODEL.MASK_ON = True

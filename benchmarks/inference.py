@@ -30,7 +30,7 @@ from common import (
     machine_line,
     median_seconds,
     panoptic_fpn_r50_cfg,
-    peak_rss_mb,
+    peak_memory_mb,
     print_table,
     run_worker,
 )
@@ -43,7 +43,7 @@ DETECTIONS = 50
 VARIANTS = ["plain", "user path", "user path, bf16"]
 
 
-def efficientps_variant_cfg(variant):
+def efficientps_variant_cfg(variant, device="cpu"):
     opts = [
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
         "TEST.DETECTIONS_PER_IMAGE", str(DETECTIONS),
@@ -53,22 +53,22 @@ def efficientps_variant_cfg(variant):
         opts += ["MODEL.ROI_HEADS.FAST_CPU_ROI_ALIGN", "False"]
     if variant.endswith("bf16"):
         opts += ["MODEL.EFFICIENTPS.INFERENCE_DTYPE", "bfloat16"]
-    return efficientps_cfg(opts=opts)
+    return efficientps_cfg(opts=opts, device=device)
 
 
-def panoptic_fpn_model():
-    cfg = panoptic_fpn_r50_cfg()
+def panoptic_fpn_model(device="cpu"):
+    cfg = panoptic_fpn_r50_cfg(device=device)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     cfg.TEST.DETECTIONS_PER_IMAGE = DETECTIONS
     cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = 0.0
     return build(cfg)
 
 
-def build_variant(kind, variant):
+def build_variant(kind, variant, device="cpu"):
     """The model as ``variant`` runs it, with the seeded weights every variant shares."""
     if kind != "efficientps":
-        return panoptic_fpn_model()
-    cfg = efficientps_variant_cfg(variant)
+        return panoptic_fpn_model(device)
+    cfg = efficientps_variant_cfg(variant, device)
     if variant == "plain":
         model = build(cfg)
         configure_inference(model, fold_norm=False, channels_last_devices=())
@@ -89,21 +89,21 @@ def make_inputs(height, width):
     return [{"image": image, "height": height, "width": width}]
 
 
-def timing_worker(kind, variant, height, width, runs):
+def timing_worker(kind, variant, height, width, runs, device="cpu"):
     """Latency and peak RSS of one variant alone in this process."""
     inputs = make_inputs(height, width)
-    model = build_variant(kind, variant)
+    model = build_variant(kind, variant, device)
     with torch.no_grad():
-        seconds, times = median_seconds(lambda: model(inputs), runs=runs)
-    return {"seconds": seconds, "times": times, "peak_rss_mb": peak_rss_mb()}
+        seconds, times = median_seconds(lambda: model(inputs), runs=runs, device=device)
+    return {"seconds": seconds, "times": times, "peak_rss_mb": peak_memory_mb(device)}
 
 
-def check_worker(kind, variant, height, width):
+def check_worker(kind, variant, height, width, device="cpu"):
     """Outputs of the variant against the plain model (its own process: memory not counted)."""
     inputs = make_inputs(height, width)
     with torch.no_grad():
-        reference = build_variant(kind, "plain")(inputs)[0]
-        output = build_variant(kind, variant)(inputs)[0]
+        reference = build_variant(kind, "plain", device)(inputs)[0]
+        output = build_variant(kind, variant, device)(inputs)[0]
     same = torch.equal(reference["panoptic_seg"][0], output["panoptic_seg"][0])
     difference = float((reference["sem_seg"] - output["sem_seg"]).abs().max())
     differing = reference["panoptic_seg"][0] != output["panoptic_seg"][0]
@@ -114,8 +114,8 @@ def check_worker(kind, variant, height, width):
     }
 
 
-def run_child(kind, variant, size, runs, mode="time"):
-    arguments = ["--worker", kind, variant, size, "--runs", str(runs)]
+def run_child(kind, variant, size, runs, mode="time", device="cpu"):
+    arguments = ["--worker", kind, variant, size, "--runs", str(runs), "--device", device]
     return run_worker(__file__, arguments + (["--check"] if mode == "check" else []))
 
 
@@ -125,26 +125,31 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "VARIANT", "SIZE"))
     parser.add_argument("--check", action="store_true", help="worker: compare with plain")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda (GPU: memory is CUDA's peak allocation)"
+    )
     args = parser.parse_args(argv)
     if args.worker:
         kind, variant, size = args.worker
         height, width = map(int, size.split("x"))
         if args.check:
-            print(json.dumps(check_worker(kind, variant, height, width)))
+            print(json.dumps(check_worker(kind, variant, height, width, args.device)))
         else:
-            print(json.dumps(timing_worker(kind, variant, height, width, args.runs)))
+            print(json.dumps(timing_worker(kind, variant, height, width, args.runs, args.device)))
         return
 
     print(f"End-to-end inference benchmark on: {machine_line()}")
     rows = []
     for size in args.sizes:
-        baseline = run_child("panoptic_fpn", "plain", size, args.runs)
+        baseline = run_child("panoptic_fpn", "plain", size, args.runs, device=args.device)
         results = [("Panoptic FPN R50", baseline, None)]
         for variant in VARIANTS:
-            timing = run_child("efficientps", variant, size, args.runs)
+            timing = run_child("efficientps", variant, size, args.runs, device=args.device)
             check = None
             if variant != "plain":
-                check = run_child("efficientps", variant, size, args.runs, mode="check")
+                check = run_child(
+                    "efficientps", variant, size, args.runs, mode="check", device=args.device
+                )
             results.append((f"EfficientPS-b5 {variant}", timing, check))
         for name, r, check in results:
             note = ""
@@ -161,7 +166,7 @@ def main(argv=None):
                  note)
             )  # fmt: skip
     print_table(
-        f"End-to-end CPU inference, batch 1, median of {args.runs} after a warm-up",
+        f"End-to-end inference on {args.device}, batch 1, median of {args.runs} after a warm-up",
         ("input", "model", "s/img", "x PFPN", "peak RSS MB", "x PFPN", "check vs plain"),
         rows,
     )

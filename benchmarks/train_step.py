@@ -24,7 +24,7 @@ from common import (
     machine_line,
     median_seconds,
     panoptic_fpn_r50_cfg,
-    peak_rss_mb,
+    peak_memory_mb,
     print_table,
     run_worker,
 )
@@ -60,7 +60,7 @@ MODELS = {
 }
 
 
-def worker(kind, height, width, runs):
+def worker(kind, height, width, runs, device="cpu"):
     if kind.startswith("efficientps"):
         inplace_abn = str(kind.startswith("efficientps_iabn"))
         checkpointing = str(kind.endswith("_ckpt"))
@@ -71,12 +71,13 @@ def worker(kind, height, width, runs):
                     "MODEL.EFFICIENTNET.ACTIVATION_CHECKPOINTING", checkpointing,
                     "MODEL.TWO_WAY_FPN.ACTIVATION_CHECKPOINTING", checkpointing,
                     "MODEL.SEM_SEG_HEAD.ACTIVATION_CHECKPOINTING", checkpointing,
-                ]
+                ],
+                device=device,
             )
         )  # fmt: skip
         inputs = batch(height, width, 19, thing_offset=11)
     else:
-        cfg = panoptic_fpn_r50_cfg()
+        cfg = panoptic_fpn_r50_cfg(device=device)
         # Trainable BatchNorm like ours: with random weights, FrozenBN (ImageNet statistics
         # expected) lets the activations of a 50-layer ResNet overflow and training diverges.
         cfg.MODEL.RESNETS.NORM = "BN"
@@ -92,8 +93,8 @@ def worker(kind, height, width, runs):
         optimizer.step()
 
     with EventStorage(0):
-        seconds, times = median_seconds(step, runs=runs)
-    return {"seconds": seconds, "times": times, "peak_rss_mb": peak_rss_mb()}
+        seconds, times = median_seconds(step, runs=runs, device=device)
+    return {"seconds": seconds, "times": times, "peak_rss_mb": peak_memory_mb(device)}
 
 
 # glibc's malloc raises its mmap threshold as large blocks are freed, after which large tensors
@@ -104,8 +105,8 @@ def worker(kind, height, width, runs):
 ALLOCATORS = {"glibc default": {}, "fixed mmap threshold": {"MALLOC_MMAP_THRESHOLD_": "131072"}}
 
 
-def run_child(kind, size, runs, allocator="glibc default"):
-    arguments = ["--worker", kind, "--size", size, "--runs", str(runs)]
+def run_child(kind, size, runs, allocator="glibc default", device="cpu"):
+    arguments = ["--worker", kind, "--size", size, "--runs", str(runs), "--device", device]
     return run_worker(__file__, arguments, env=dict(os.environ, **ALLOCATORS[allocator]))
 
 
@@ -114,15 +115,20 @@ def main(argv=None):
     parser.add_argument("--size", default="512x1024", help="HxW crop")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--worker", choices=list(MODELS))
+    parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda (GPU: memory is CUDA's peak allocation)"
+    )
     args = parser.parse_args(argv)
     height, width = map(int, args.size.split("x"))
     if args.worker:
-        print(json.dumps(worker(args.worker, height, width, args.runs)))
+        print(json.dumps(worker(args.worker, height, width, args.runs, args.device)))
         return
     print(f"Training-step benchmark on: {machine_line()}")
     rows = []
     for allocator in ALLOCATORS:
-        results = {kind: run_child(kind, args.size, args.runs, allocator) for kind in MODELS}
+        results = {
+            kind: run_child(kind, args.size, args.runs, allocator, args.device) for kind in MODELS
+        }
         baseline = results["panoptic_fpn"]
         rows += [
             (allocator, MODELS[kind], f"{r['seconds']:.2f}",
@@ -131,7 +137,8 @@ def main(argv=None):
             for kind, r in results.items()
         ]  # fmt: skip
     print_table(
-        f"CPU training step, batch 1, crop {args.size}, median of {args.runs} after a warm-up",
+        f"Training step on {args.device}, batch 1, crop {args.size}, median of {args.runs} "
+        "after a warm-up",
         ("malloc", "model", "s/iter", "x PFPN", "peak RSS MB", "x PFPN"),
         rows,
     )

@@ -49,6 +49,13 @@ def _add_backbone_config(cfg):
     # Running-statistics momentum of the backbone's norms (PyTorch convention): EfficientNet's
     # TF value 0.01; the authors' EfficientNet port leaves their iABN at 0.1 (the paper is silent).
     cfg.MODEL.EFFICIENTNET.NORM_MOMENTUM = 0.01
+    # The norms' epsilon and the convs' padding must be those the ImageNet weights were trained
+    # with: TF-trained weights (efficientnet-pytorch's, timm's tf_efficientnet_b*, the authors'
+    # init) use eps 1e-3 and TensorFlow's "same" padding; timm's efficientnet_b* (trained in
+    # PyTorch) use eps 1e-5 and "symmetric" padding. tools/convert_imagenet_checkpoint.py says
+    # which a file needs.
+    cfg.MODEL.EFFICIENTNET.NORM_EPS = 1e-3
+    cfg.MODEL.EFFICIENTNET.PADDING = "same"
 
     cfg.MODEL.TWO_WAY_FPN = CN()
     cfg.MODEL.TWO_WAY_FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]

@@ -9,6 +9,7 @@ from detectron2.utils.events import EventStorage
 from efficientnet_pytorch import EfficientNet as ReferenceEfficientNet
 from torch.nn import functional as F
 
+from efficientps.imagenet_weights import load_imagenet_weights
 from efficientps.modeling import configure_inference
 from efficientps.modeling.backbone import EfficientNet, TwoWayFPN
 
@@ -162,29 +163,28 @@ def test_weights_round_trip_reproduces_efficientnet_pytorch(tmp_path):
     torch.testing.assert_close(got["res5"], expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(got["res3"], endpoints["reduction_3"], atol=1e-5, rtol=1e-4)
 
-    # Without SE (the paper) the SE weights are reported unused, everything else loads.
-    report = EfficientNet(name="efficientnet-b0").load_efficientnet_pytorch_weights(str(path))
-    assert report["missing"] == []
-    assert any("_se_reduce" in k for k in report["unused"])
-    assert all(k.startswith("_fc") or "_se_" in k for k in report["unused"])
+    # Without SE (the paper) the SE weights are dropped and counted, everything else loads.
+    report = load_imagenet_weights(EfficientNet(name="efficientnet-b0"), str(path))
+    assert report["squeeze-excitation"] == 4 * 16 and report["classifier"] == 2
+    assert report["other"] == []
 
 
 def test_wrong_weight_files_fail_clearly(tmp_path):
     backbone = EfficientNet(name="efficientnet-b0")
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
-        backbone.load_efficientnet_pytorch_weights(str(tmp_path / "missing.pth"))
+        load_imagenet_weights(backbone, str(tmp_path / "missing.pth"))
     garbage = tmp_path / "garbage.pth"
     garbage.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="garbage.pth.*not a torch file"):
-        backbone.load_efficientnet_pytorch_weights(str(garbage))
+    with pytest.raises(ValueError, match="garbage.pth.*torch checkpoint"):
+        load_imagenet_weights(backbone, str(garbage))
     other = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, other)
-    with pytest.raises(ValueError, match="resnet.pth.*not an efficientnet-pytorch state dict"):
-        backbone.load_efficientnet_pytorch_weights(str(other))
+    with pytest.raises(ValueError, match="resnet.pth.*not an EfficientNet state dict"):
+        load_imagenet_weights(backbone, str(other))
     b1 = tmp_path / "b1.pth"
     torch.save(ReferenceEfficientNet.from_name("efficientnet-b1").state_dict(), b1)
-    with pytest.raises(ValueError, match="b1.pth.*another variant"):
-        EfficientNet(name="efficientnet-b4").load_efficientnet_pytorch_weights(str(b1))
+    with pytest.raises(ValueError, match=r"b1.pth.*shape.*another variant"):
+        load_imagenet_weights(EfficientNet(name="efficientnet-b4"), str(b1))
 
 
 def test_freeze_at_freezes_stem_and_stages():

@@ -76,11 +76,16 @@ class _InPlaceABNFunction(torch.autograd.Function):
             x_small = x[:, small].clone() if len(small) else None
         ctx.save_for_backward(y, weight, bias, mean, invstd, small, x_small)
         ctx.slope, ctx.sync, ctx.count, ctx.eps = slope, sync, count, eps
+        ctx.input_dtype = x.dtype
         return y
 
     @staticmethod
     def backward(ctx, dy):
         y, weight, bias, mean, invstd, small, x_small = ctx.saved_tensors
+        # Under autocast the activations are bfloat16/float16 while the parameters and the
+        # statistics stay float32: the inversion and the BN backward run in float32 (the
+        # precision of the statistics), and the input's gradient returns in the input's dtype.
+        y, dy = y.to(weight.dtype), dy.to(weight.dtype)
         if ctx.slope is not None:
             # LeakyReLU(slope) is inverted by LeakyReLU(1 / slope); its gradient needs only y.
             z = F.leaky_relu(y, 1.0 / ctx.slope)
@@ -97,7 +102,7 @@ class _InPlaceABNFunction(torch.autograd.Function):
             dx, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
                 dz, x, weight, None, None, mean, invstd, True, ctx.eps, [True, True, True]
             )
-            return dx, grad_weight, grad_bias, None, None, None, None, None, None
+            return dx.to(ctx.input_dtype), grad_weight, grad_bias, *[None] * 6
         x_hat = (x - _per_channel(mean)) * _per_channel(invstd)
         sum_dz = dz.sum(_DIMS)
         sum_dz_x_hat = (dz * x_hat).sum(_DIMS)
@@ -108,7 +113,7 @@ class _InPlaceABNFunction(torch.autograd.Function):
         count = ctx.count
         dx = dz - _per_channel(sum_dz / count) - x_hat * _per_channel(sum_dz_x_hat / count)
         dx.mul_(_per_channel(weight * invstd))
-        return dx, grad_weight, grad_bias, None, None, None, None, None, None
+        return dx.to(ctx.input_dtype), grad_weight, grad_bias, *[None] * 6
 
 
 class InPlaceABN(nn.BatchNorm2d):

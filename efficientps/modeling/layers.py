@@ -205,19 +205,23 @@ def configure_inference(module, *, fold_norm=True, channels_last_devices=("cpu",
 class SamePadConv2d(ConvNormAct):
     """Conv2d with TensorFlow's 'SAME' padding: output size ceil(input / stride).
 
-    EfficientNet's ImageNet weights were trained with it; for stride 1 it is the usual symmetric
-    padding (set once, no per-call cost), for stride 2 the extra pixel goes right/bottom and is
-    computed from the input size (it differs between even and odd inputs).
+    EfficientNet's TF ImageNet weights (efficientnet-pytorch's, timm's ``tf_*``) were trained
+    with it; for stride 1 it is the usual symmetric padding (set once, no per-call cost), for
+    stride 2 the extra pixel goes right/bottom and is computed from the input size (it differs
+    between even and odd inputs). ``tf_same=False`` pads (k - 1) / 2 on every side at every
+    stride, as timm's PyTorch-trained EfficientNets (``efficientnet_b*``) do.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, **kwargs):
-        padding = (kernel_size - 1) // 2 if stride == 1 else 0
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, tf_same=True, **kwargs):
+        symmetric = stride == 1 or not tf_same
+        padding = (kernel_size - 1) // 2 if symmetric else 0
         super().__init__(
             in_channels, out_channels, kernel_size, stride=stride, padding=padding, **kwargs
         )
+        self.tf_same = tf_same
 
     def forward(self, x):
-        if self.stride[0] > 1:
+        if self.stride[0] > 1 and self.tf_same:
             x = F.pad(x, same_pad(x.shape[-2:], self.kernel_size[0], self.stride[0]))
         return super().forward(x)
 

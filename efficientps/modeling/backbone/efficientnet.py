@@ -8,7 +8,6 @@ BatchNorm can be folded for inference, and no pad is computed at run time for st
 
 import functools
 import logging
-import os
 
 import torch
 from detectron2.layers import FrozenBatchNorm2d
@@ -26,6 +25,7 @@ logger = logging.getLogger(__name__)
 EFFICIENTNET_NAMES = tuple(f"efficientnet-b{i}" for i in range(8))
 # EfficientNet's TF batch norm: eps 1e-3, decay 0.99 (= PyTorch momentum 0.01).
 BN_EPS, BN_MOMENTUM = 1e-3, 0.01
+PADDINGS = ("same", "symmetric")
 # Block groups (efficientnet-pytorch's 7 "stages") that end at each tap; res5 ends with the head.
 TAP_AFTER_GROUP = {"res2": 1, "res3": 2, "res4": 4, "res5": 6}
 TAP_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
@@ -46,14 +46,26 @@ class SqueezeExcitation(nn.Module):
 class MBConvBlock(nn.Module):
     """Inverted residual block: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project (+ skip)."""
 
-    def __init__(self, args, *, se, norm, activation, drop_connect_rate, project_activation=False):
-        """``norm``: channels -> norm layer (or None)."""
+    def __init__(
+        self,
+        args,
+        *,
+        se,
+        norm,
+        activation,
+        drop_connect_rate,
+        project_activation=False,
+        tf_same=True,
+    ):
+        """``norm``: channels -> norm layer (or None). ``tf_same``: TF 'SAME' padding (else
+        symmetric); see ``SamePadConv2d``."""
         super().__init__()
+        conv = functools.partial(SamePadConv2d, tf_same=tf_same)
         stride = args.stride[0] if isinstance(args.stride, (list, tuple)) else args.stride
         hidden = args.input_filters * args.expand_ratio
         self.expand = None
         if args.expand_ratio != 1:
-            self.expand = SamePadConv2d(
+            self.expand = conv(
                 args.input_filters,
                 hidden,
                 1,
@@ -61,7 +73,7 @@ class MBConvBlock(nn.Module):
                 norm=norm(hidden),
                 activation=build_activation(activation),
             )
-        self.depthwise = SamePadConv2d(
+        self.depthwise = conv(
             hidden,
             hidden,
             args.kernel_size,
@@ -75,7 +87,7 @@ class MBConvBlock(nn.Module):
         if se and args.se_ratio:
             squeezed = max(1, int(args.input_filters * args.se_ratio))
             self.se = SqueezeExcitation(hidden, squeezed, activation)
-        self.project = SamePadConv2d(
+        self.project = conv(
             hidden,
             args.output_filters,
             1,
@@ -107,7 +119,8 @@ class MBConvBlock(nn.Module):
         # batch or group statistics. Autograd off: the border is cleared in place.
         norm = self.expand.norm
         return (
-            not self.training
+            self.depthwise.tf_same
+            and not self.training
             and not torch.is_grad_enabled()
             and not isinstance(norm, (nn.GroupNorm, nn.SyncBatchNorm))
         )
@@ -172,6 +185,8 @@ class EfficientNet(Backbone):
         activation_checkpointing=False,
         ds_project_activation=False,
         norm_momentum=BN_MOMENTUM,
+        norm_eps=BN_EPS,
+        padding="same",
     ):
         """
         Args:
@@ -190,20 +205,28 @@ class EfficientNet(Backbone):
                 it (their iABN there keeps its LeakyReLU), and their released weights expect it.
             norm_momentum: running-statistics momentum of the norms (PyTorch convention):
                 EfficientNet's TF value 0.01 by default; the authors' port leaves it at 0.1.
+            norm_eps: the norms' epsilon: 1e-3 for TF-trained weights (efficientnet-pytorch,
+                timm's ``tf_*``, the authors' init), 1e-5 for timm's ``efficientnet_b*``.
+            padding: "same" (TensorFlow's, for TF-trained weights) or "symmetric" ((k-1)/2 on
+                every side, timm's ``efficientnet_b*``).
         """
         super().__init__()
+        if padding not in PADDINGS:
+            raise ValueError(f"EfficientNet padding {padding!r}; expected one of {PADDINGS}")
         unknown = set(out_features) - set(TAP_STRIDES)
         if unknown:
             raise ValueError(f"unknown EfficientNet out_features {sorted(unknown)}")
         self.name = name
         blocks, stem_channels, head_channels = efficientnet_block_args(name)
-        make_norm = functools.partial(build_norm, norm, eps=BN_EPS, momentum=norm_momentum)
+        make_norm = functools.partial(build_norm, norm, eps=norm_eps, momentum=norm_momentum)
+        tf_same = padding == "same"
 
         self.stem = SamePadConv2d(
             3,
             stem_channels,
             3,
             stride=2,
+            tf_same=tf_same,
             bias=False,
             norm=make_norm(stem_channels),
             activation=build_activation(activation),
@@ -226,6 +249,7 @@ class EfficientNet(Backbone):
                 activation=activation,
                 drop_connect_rate=rate,
                 project_activation=ds_project_activation and args.expand_ratio == 1,
+                tf_same=tf_same,
             )
             stages[tap].append(block)
         head = SamePadConv2d(
@@ -294,79 +318,6 @@ class EfficientNet(Backbone):
             FrozenBatchNorm2d.convert_frozen_batchnorm(module)
         return self
 
-    # ---- ImageNet weights in efficientnet-pytorch's state-dict format --------------------------
-
-    def efficientnet_pytorch_key_map(self):
-        """Map efficientnet-pytorch state-dict keys to this module's keys."""
-        mapping = {}
-
-        def conv_bn(src_conv, src_bn, dst):
-            mapping[f"{src_conv}.weight"] = f"{dst}.weight"
-            for field in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-                mapping[f"{src_bn}.{field}"] = f"{dst}.norm.{field}"
-
-        conv_bn("_conv_stem", "_bn0", "stem")
-        for i, (tap, pos) in enumerate(self._block_index):
-            src, dst = f"_blocks.{i}", f"{tap}.{pos}"
-            conv_bn(f"{src}._expand_conv", f"{src}._bn0", f"{dst}.expand")
-            conv_bn(f"{src}._depthwise_conv", f"{src}._bn1", f"{dst}.depthwise")
-            conv_bn(f"{src}._project_conv", f"{src}._bn2", f"{dst}.project")
-            for se_src, se_dst in (("_se_reduce", "reduce"), ("_se_expand", "expand")):
-                for field in ("weight", "bias"):
-                    mapping[f"{src}.{se_src}.{field}"] = f"{dst}.se.{se_dst}.{field}"
-        conv_bn("_conv_head", "_bn1", "res5." + str(len(self.res5) - 1))
-        return mapping
-
-    def load_efficientnet_pytorch_weights(self, path):
-        """Load ImageNet weights saved by efficientnet-pytorch (``model.state_dict()``).
-
-        Reports what was not used (classifier; SE weights when SE is removed) and what the
-        model still lacks; fails naming the file on anything that is not such a checkpoint.
-        """
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"MODEL.EFFICIENTNET.WEIGHTS: no file {path!r}. Give a local file with "
-                "efficientnet-pytorch ImageNet weights (nothing is downloaded)."
-            )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(
-                f"MODEL.EFFICIENTNET.WEIGHTS: {path!r} is not a torch file: {e}"
-            ) from e
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        if not isinstance(state, dict) or "_conv_stem.weight" not in state:
-            raise ValueError(
-                f"MODEL.EFFICIENTNET.WEIGHTS: {path!r} is not an efficientnet-pytorch state dict "
-                "(expected keys like '_conv_stem.weight', '_blocks.0._depthwise_conv.weight')."
-            )
-        mapping = self.efficientnet_pytorch_key_map()
-        own = self.state_dict()
-        converted, unused = {}, []
-        for key, value in state.items():
-            target = mapping.get(key)
-            if target is None or target not in own:
-                unused.append(key)
-                continue
-            if own[target].shape != value.shape:
-                raise ValueError(
-                    f"MODEL.EFFICIENTNET.WEIGHTS: {path!r} does not fit {self.name}: {key} has "
-                    f"shape {tuple(value.shape)}, expected {tuple(own[target].shape)}. "
-                    "Is it the weights of another variant?"
-                )
-            converted[target] = value
-        missing = sorted(set(own) - set(converted))
-        self.load_state_dict(converted, strict=False)
-        classifier = [k for k in unused if k.startswith("_fc.")]
-        squeeze = [k for k in unused if "_se_" in k]
-        other = sorted(set(unused) - set(classifier) - set(squeeze))
-        logger.info(
-            f"Loaded {len(converted)} tensors of {self.name} from {path}; not used: "
-            f"{len(classifier)} classifier, {len(squeeze)} squeeze-excitation (removed), "
-            f"{len(other)} other {other[:5]}; missing in file: {len(missing)} {missing[:5]}"
-        )
-        return {"loaded": sorted(converted), "missing": missing, "unused": sorted(unused)}
-
 
 @BACKBONE_REGISTRY.register()
 def build_efficientnet_backbone(cfg, input_shape=None):
@@ -385,8 +336,16 @@ def build_efficientnet_backbone(cfg, input_shape=None):
         activation_checkpointing=efficientnet_cfg.ACTIVATION_CHECKPOINTING,
         ds_project_activation=efficientnet_cfg.DS_PROJECT_ACTIVATION,
         norm_momentum=efficientnet_cfg.NORM_MOMENTUM,
+        norm_eps=efficientnet_cfg.NORM_EPS,
+        padding=efficientnet_cfg.PADDING,
     )
     if efficientnet_cfg.WEIGHTS:
-        backbone.load_efficientnet_pytorch_weights(efficientnet_cfg.WEIGHTS)
+        from ...imagenet_weights import load_imagenet_weights
+
+        logger.warning(
+            "MODEL.EFFICIENTNET.WEIGHTS is deprecated: convert the file once with "
+            "tools/convert_imagenet_checkpoint.py and give the result as MODEL.WEIGHTS"
+        )
+        load_imagenet_weights(backbone, efficientnet_cfg.WEIGHTS, "MODEL.EFFICIENTNET.WEIGHTS")
     # Freeze after loading, so that FrozenBN takes the loaded statistics.
     return backbone.freeze(efficientnet_cfg.FREEZE_AT)
