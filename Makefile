@@ -20,7 +20,7 @@ FORCE_D2 := $(if $(DETECTRON2_SRC),force-install,)
 DEMO_DIR ?= output/demo
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-fast demo bench lint format clean force-install
+.PHONY: help install test test-fast demo bench bench-learning lint format clean force-install
 
 help:
 	@echo "make install   venv at $(VENV) with torch, detectron2 and efficientps (one command)"
@@ -28,6 +28,7 @@ help:
 	@echo "make test      install if needed, then the whole test suite"
 	@echo "make test-fast the suite without the child-process trainings (marker slow)"
 	@echo "make bench     the benchmark scripts whose tables are in README"
+	@echo "make bench-learning  what the demo config learns on a held-out Cityscapes-format set"
 	@echo "make lint      ruff + black --check"
 
 install: $(STAMP)
@@ -51,14 +52,20 @@ test-fast: install
 demo: install
 	$(PY) tools/run_demo.py --output $(DEMO_DIR)
 
-# About 35 minutes on 2 cores; each script prints the table that README shows.
+# About 60 minutes on 2 cores; each script prints the table that README shows.
 bench: install
 	$(PY) benchmarks/backbone.py
 	$(PY) benchmarks/model_flops.py
 	$(PY) benchmarks/inference.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/pq_eval.py
+	$(PY) benchmarks/pq_kernels.py
 	$(PY) benchmarks/eval_overhead.py
+	$(PY) benchmarks/tta_memory.py
+
+# The learning benchmark (README "Learning benchmark"): 3 seeds x about 12 minutes on 2 cores.
+bench-learning: install
+	$(PY) benchmarks/learning.py --seeds 1 2 3
 
 lint: install
 	$(PY) -m ruff check .
