@@ -5,7 +5,9 @@
 
 Per input image ``NAME`` the output folder gets ``NAME_panoptic.png`` (COCO-panoptic RGB
 encoding, id = R + 256 G + 256^2 B), ``NAME_panoptic.json`` (segments with the dataset's
-category ids) and ``NAME_vis.png`` (detectron2's Visualizer with the dataset's names and colours).
+category ids) and ``NAME_vis.png`` (detectron2's Visualizer with the dataset's names and colours);
+with ``--semantic`` also ``NAME_semantic.png`` (the semantic class per pixel in the dataset's
+category ids) and with ``--instances`` ``NAME_instances.png`` (16-bit thing-instance ids).
 A video gives one set of files per frame, ``NAME_000123_*``.
 """
 
@@ -23,6 +25,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
+from .channel_argmax import channel_argmax
 from .class_tables import PanopticClassTables, channel_to_dataset_id
 from .config import add_efficientps_config
 from .engine.checkpoint import check_weights_fit, read_checkpoint
@@ -99,8 +102,14 @@ def iter_frames(path):
     video.release()
 
 
-def save_outputs(output, image_bgr, metadata, out_prefix):
-    """Write the three files of one image; returns the visualisation (RGB uint8)."""
+def save_outputs(output, image_bgr, metadata, out_prefix, semantic=False, instances=False):
+    """Write the files of one image; returns the visualisation (RGB uint8).
+
+    ``semantic``: also ``_semantic.png``, the semantic head's class of every pixel in the
+    dataset's category ids (Cityscapes: label ids, as its semantic benchmark wants); 8-bit, or
+    16-bit when an id exceeds 255. ``instances``: also ``_instances.png`` (16-bit), each thing
+    instance's pixels set to its segment id in ``_panoptic.json``, 0 elsewhere.
+    """
     panoptic, segments = output["panoptic_seg"]
     panoptic = panoptic.cpu()
     write_panoptic_png(out_prefix + "_panoptic.png", panoptic.numpy())
@@ -118,6 +127,13 @@ def save_outputs(output, image_bgr, metadata, out_prefix):
     ]
     with open(out_prefix + "_panoptic.json", "w") as f:
         json.dump({"segments_info": record}, f, indent=1)
+    if semantic:
+        write_semantic_png(out_prefix + "_semantic.png", output["sem_seg"], to_dataset_id)
+    if instances:
+        things = [s["id"] for s in segments if s["isthing"]]
+        ids = panoptic.numpy()
+        instance_ids = np.where(np.isin(ids, things), ids, 0).astype(np.uint16)
+        cv2.imwrite(out_prefix + "_instances.png", instance_ids)
     vis = visualize_panoptic(image_bgr[:, :, ::-1], panoptic, segments, metadata)
     cv2.imwrite(out_prefix + "_vis.png", vis[:, :, ::-1])
     return vis
@@ -148,7 +164,15 @@ def visualize_panoptic(image_rgb, panoptic, segments, metadata):
     return visualizer.draw_panoptic_seg(panoptic, info, alpha=0.5).get_image()
 
 
-def run(predictor, paths, output_dir):
+def write_semantic_png(path, sem_logits, to_dataset_id):
+    """The per-pixel argmax of (C, H, W) logits as the dataset's category ids."""
+    channels = channel_argmax(sem_logits.cpu()).numpy()
+    lookup = np.array([to_dataset_id[c] for c in range(sem_logits.shape[0])])
+    dtype = np.uint8 if lookup.max() <= 255 else np.uint16
+    cv2.imwrite(path, lookup[channels].astype(dtype))
+
+
+def run(predictor, paths, output_dir, semantic=False, instances=False):
     os.makedirs(output_dir, exist_ok=True)
     written = []
     for path in tqdm(paths, desc="panoptic demo", unit="input"):
@@ -156,12 +180,14 @@ def run(predictor, paths, output_dir):
         if os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS:
             for index, frame in iter_frames(path):
                 prefix = os.path.join(output_dir, f"{stem}_{index:06d}")
-                save_outputs(predictor(frame), frame, predictor.metadata, prefix)
+                save_outputs(
+                    predictor(frame), frame, predictor.metadata, prefix, semantic, instances
+                )
                 written.append(prefix)
             continue
         image = read_image(path)
         prefix = os.path.join(output_dir, stem)
-        save_outputs(predictor(image), image, predictor.metadata, prefix)
+        save_outputs(predictor(image), image, predictor.metadata, prefix, semantic, instances)
         written.append(prefix)
     return written
 
@@ -199,12 +225,22 @@ def main(argv=None):
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--input", nargs="+", required=True, help="files, globs, folders, videos")
     parser.add_argument("--output", required=True, help="folder for the outputs")
+    parser.add_argument(
+        "--semantic",
+        action="store_true",
+        help="also NAME_semantic.png: the semantic class per pixel, in the dataset's ids",
+    )
+    parser.add_argument(
+        "--instances",
+        action="store_true",
+        help="also NAME_instances.png: thing instances as their segment ids (16 bit)",
+    )
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE pairs")
     args = parser.parse_args(argv)
     cfg = setup_cfg(args.config_file, args.opts)
     paths = expand_inputs(args.input)
     predictor = PanopticPredictor(cfg)
-    written = run(predictor, paths, args.output)
+    written = run(predictor, paths, args.output, args.semantic, args.instances)
     print(f"wrote {len(written)} panoptic predictions to {args.output}")
     return written
 

@@ -73,6 +73,28 @@ def test_demo_writes_png_json_and_visualisation_per_image(trained_files, tmp_pat
         assert vis.shape == (64, 128, 3)
 
 
+def test_demo_semantic_and_instance_pngs_on_request(trained_files, tmp_path):
+    _, images, opts = trained_files
+    demo_main(["--config-file", DEMO_CONFIG, "--input", str(images[0]), "--output",
+               str(tmp_path), "--semantic", "--instances", "--opts", *opts])  # fmt: skip
+    stem = tmp_path / images[0].stem
+    ids = read_panoptic_png(f"{stem}_panoptic.png")
+    segments = json.loads(open(f"{stem}_panoptic.json").read())["segments_info"]
+    semantic = cv2.imread(f"{stem}_semantic.png", cv2.IMREAD_UNCHANGED)
+    instances = cv2.imread(f"{stem}_instances.png", cv2.IMREAD_UNCHANGED)
+    assert semantic.shape == instances.shape == ids.shape and instances.dtype == np.uint16
+    # Semantic: every pixel labelled, in the dataset's ids; they agree with the stuff segments.
+    assert set(np.unique(semantic).tolist()) <= {c["id"] for c in synthetic.CATEGORIES}
+    for s in segments:
+        if not s["isthing"]:
+            assert (semantic[ids == s["id"]] == s["category_id"]).all()
+    # Instances: the thing segments' ids where they are, 0 elsewhere.
+    things = {s["id"] for s in segments if s["isthing"]}
+    assert things and set(np.unique(instances).tolist()) - {0} == things
+    assert ((instances > 0) == np.isin(ids, list(things))).all()
+    assert not (tmp_path / f"{images[1].stem}_semantic.png").exists()
+
+
 def test_overview_sheet_puts_ground_truth_next_to_predictions(trained_files, tmp_path):
     root, images, opts = trained_files
     demo_main(["--config-file", DEMO_CONFIG, "--input", *map(str, images[:2]),

@@ -1,10 +1,16 @@
 """Registers the datasets under $DETECTRON2_DATASETS (default ./datasets) at import.
 
+Your own data converted by datasets/prepare_custom_panoptic.py into
+$DETECTRON2_DATASETS/custom/<NAME>/ is registered as custom_<NAME>_<split>.
+
 DETECTRON2_DATASETS is read once, when efficientps is imported (as detectron2 does); Cityscapes
 is detectron2's own registration (cityscapes_fine_panoptic_{train,val}) and is not redone.
 """
 
+import glob
 import os
+
+from detectron2.data import DatasetCatalog
 
 from .. import synthetic
 from .coco_panoptic import register_coco_panoptic
@@ -30,6 +36,34 @@ def register_synthetic_panoptic(name, root, split):
     )
 
 
+CUSTOM_TREE = """\
+{root}/
+  images/<split>/...                 your images
+  panoptic/<split>/*.png             made by datasets/prepare_custom_panoptic.py
+  panoptic_<split>.json              made by datasets/prepare_custom_panoptic.py
+Make it with: python datasets/prepare_custom_panoptic.py --root {root} --format ..."""
+
+
+def register_custom_panoptic(root):
+    """custom_<NAME>_<split> for every <root>/<NAME>/panoptic_<split>.json (the converter's)."""
+    names = []
+    for json_path in sorted(glob.glob(os.path.join(root, "*", "panoptic_*.json"))):
+        folder = os.path.dirname(json_path)
+        split = os.path.basename(json_path)[len("panoptic_") : -len(".json")]
+        name = f"custom_{os.path.basename(folder)}_{split}"
+        if name in DatasetCatalog.list():
+            continue
+        register_coco_panoptic(
+            name,
+            os.path.join(folder, "images", split),
+            os.path.join(folder, "panoptic", split),
+            json_path,
+            missing_hint=CUSTOM_TREE.format(root=folder),
+        )
+        names.append(name)
+    return names
+
+
 def register_all(root):
     for split in ("train", "val"):
         register_synthetic_panoptic(
@@ -43,6 +77,7 @@ def register_all(root):
         register_mapillary_vistas(
             f"mapillary_vistas_v2_panoptic_{split}", vistas_root, split, "v2.0"
         )
+    register_custom_panoptic(os.path.join(root, "custom"))
 
 
 register_all(os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets")))

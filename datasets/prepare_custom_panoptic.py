@@ -1,0 +1,443 @@
+#!/usr/bin/env python
+"""Your own annotations -> a COCO-panoptic folder that efficientps registers as it is.
+
+    python datasets/prepare_custom_panoptic.py --root $DETECTRON2_DATASETS/custom/NAME \
+        --format coco|semantic-instance|instance-ids [--splits train val] [--classes FILE]
+
+Inputs under --root (images matched to their labels by file stem):
+  classes.yaml (or .json)                      the class table (--classes to point elsewhere)
+  images/<split>/**/*.{png,jpg,jpeg}
+  --format coco               annotations/instances_<split>.json (COCO instances: polygons or RLE,
+                              e.g. a CVAT or labelme->COCO export) for the things, and
+                              semantic/<split>/<stem>.png (class ids) for the stuff
+  --format semantic-instance  semantic/<split>/<stem>.png (class ids) and
+                              instances/<split>/<stem>.png (0 = no instance, else an id unique
+                              in the image)
+  --format instance-ids       instance_ids/<split>/<stem>_instanceIds.png (Cityscapes-style:
+                              class * 1000 + instance for things, the class id elsewhere)
+The class table: ``void`` (label values that mean unlabelled, optional) and ``classes``, each with
+id, name, isthing and color, e.g. (YAML)
+  void: [0]
+  classes:
+    - {id: 1, name: road, isthing: false, color: [128, 64, 128]}
+    - {id: 2, name: car, isthing: true, color: [0, 0, 142]}
+Thing-class pixels that belong to no instance become a crowd segment of their class (as
+Cityscapes' groups): never instances, kept in the semantic targets.
+
+Output: --root/panoptic/<split>/<stem>.png (COCO-panoptic id encoding) and
+--root/panoptic_<split>.json (images, annotations, categories with isthing, ids and colours). A
+split is written to a temporary folder and renamed at the end, so nothing is half-written; a
+split already complete is skipped (--overwrite to redo it). Under $DETECTRON2_DATASETS/custom/NAME
+it is registered as custom_NAME_<split> when efficientps is imported.
+"""
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+from collections import Counter
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+FORMATS = ("coco", "semantic-instance", "instance-ids")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+LABEL_DIVISOR = 1000
+
+
+class CustomDatasetError(ValueError):
+    """Bad input: the message names the file and the value."""
+
+
+# ---- the class table ---------------------------------------------------------------------------
+
+
+def read_class_table(path):
+    """{"void": set of label values, "classes": {id: {"id", "name", "isthing", "color"}}}."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"class table {path} not found (see this script's docstring)")
+    with open(path) as f:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            content = yaml.safe_load(f)
+        else:
+            content = json.load(f)
+    if not isinstance(content, dict) or not isinstance(content.get("classes"), list):
+        raise CustomDatasetError(f"{path}: expected a mapping with a 'classes' list")
+    classes = {}
+    for entry in content["classes"]:
+        missing = {"id", "name", "isthing", "color"} - set(entry)
+        if missing:
+            raise CustomDatasetError(f"{path}: class {entry} lacks {sorted(missing)}")
+        class_id = entry["id"]
+        if not isinstance(class_id, int) or not 0 <= class_id < LABEL_DIVISOR:
+            raise CustomDatasetError(f"{path}: class id {class_id!r} is not an int in 0..999")
+        if class_id in classes:
+            raise CustomDatasetError(f"{path}: class id {class_id} is listed twice")
+        color = entry["color"]
+        if len(color) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in color):
+            raise CustomDatasetError(f"{path}: class {class_id} color {color} is not 3 bytes")
+        classes[class_id] = {
+            "id": class_id,
+            "name": str(entry["name"]),
+            "isthing": int(bool(entry["isthing"])),
+            "color": list(color),
+        }
+    void = set(content.get("void", []))
+    if void & set(classes):
+        raise CustomDatasetError(f"{path}: ids {sorted(void & set(classes))} are void and classes")
+    if not classes:
+        raise CustomDatasetError(f"{path}: no classes")
+    return {"void": void, "classes": classes}
+
+
+# ---- reading the inputs ------------------------------------------------------------------------
+
+
+def read_label_png(path):
+    labels = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if labels is None:
+        raise CustomDatasetError(f"cannot read {path}: expected a label PNG")
+    if labels.ndim != 2:
+        raise CustomDatasetError(f"{path}: expected a one-channel label PNG, got {labels.shape}")
+    return labels.astype(np.int64)
+
+
+def image_size(path):
+    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise CustomDatasetError(f"cannot read image {path}")
+    return image.shape[:2]
+
+
+def find_images(root, split):
+    folder = os.path.join(root, "images", split)
+    paths = [
+        p
+        for p in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
+        if p.lower().endswith(IMAGE_EXTENSIONS)
+    ]
+    if not paths:
+        raise FileNotFoundError(f"no images under {folder} (expected images/<split>/*.png|jpg)")
+    return sorted(paths)
+
+
+def stem(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def check_size(label_path, labels, image_path, size):
+    if labels.shape[:2] != tuple(size):
+        raise CustomDatasetError(
+            f"{label_path} is {labels.shape[1]}x{labels.shape[0]} but its image {image_path} "
+            f"is {size[1]}x{size[0]} (width x height): they must be the same size"
+        )
+
+
+class Segments:
+    """Builds one image's panoptic id map and segments_info from per-pixel assignments."""
+
+    def __init__(self, size, table, source):
+        self.ids = np.zeros(size, np.int32)
+        self.segments = []
+        self.table = table
+        self.source = source
+
+    def category(self, class_id, what):
+        if class_id not in self.table["classes"]:
+            raise CustomDatasetError(
+                f"{self.source}: {what} {class_id} is not in the class table (nor void)"
+            )
+        return self.table["classes"][class_id]
+
+    def add(self, mask, class_id, iscrowd=False):
+        if not mask.any():
+            return
+        segment_id = len(self.segments) + 1
+        self.ids[mask] = segment_id
+        ys, xs = np.nonzero(mask)
+        self.segments.append(
+            {
+                "id": segment_id,
+                "category_id": int(class_id),
+                "iscrowd": int(iscrowd),
+                "area": int(mask.sum()),
+                "bbox": [
+                    int(xs.min()),
+                    int(ys.min()),
+                    int(xs.max() - xs.min() + 1),
+                    int(ys.max() - ys.min() + 1),
+                ],
+            }
+        )
+
+    def add_semantic(self, semantic, covered):
+        """Stuff classes as one segment each; thing pixels outside instances as crowd."""
+        for value in np.unique(semantic[~covered]).tolist():
+            if value in self.table["void"]:
+                continue
+            category = self.category(value, "class id")
+            self.add((semantic == value) & ~covered, value, iscrowd=category["isthing"])
+
+
+def convert_semantic_instance(semantic, instances, table, source, semantic_source=None):
+    """``source``: the instance PNG (named in errors about instances); ``semantic_source``: the
+    semantic PNG (named in errors about class values)."""
+    segments = Segments(semantic.shape, table, semantic_source or source)
+    covered = np.zeros(semantic.shape, bool)
+    for instance in np.unique(instances).tolist():
+        if instance == 0:
+            continue
+        mask = instances == instance
+        values = set(np.unique(semantic[mask]).tolist()) - table["void"]
+        if len(values) != 1:
+            raise CustomDatasetError(
+                f"{source}: instance {instance} covers classes {sorted(values)} in the "
+                "semantic PNG; an instance has exactly one (thing) class"
+            )
+        class_id = values.pop()
+        if not segments.category(class_id, "class id")["isthing"]:
+            raise CustomDatasetError(
+                f"{source}: instance {instance} has class {class_id} (in {segments.source}), "
+                "a stuff class "
+                "(isthing false in the class table): stuff has no instances"
+            )
+        mask &= ~np.isin(semantic, list(table["void"]))
+        segments.add(mask, class_id)
+        covered |= mask
+    segments.add_semantic(semantic, covered)
+    return segments
+
+
+def convert_instance_ids(instance_ids, table, source):
+    segments = Segments(instance_ids.shape, table, source)
+    covered = instance_ids >= LABEL_DIVISOR
+    for value in np.unique(instance_ids[covered]).tolist():
+        class_id = value // LABEL_DIVISOR
+        if not segments.category(class_id, f"class id (of instance {value})")["isthing"]:
+            raise CustomDatasetError(
+                f"{source}: instance {value} has class {class_id}, a stuff class (isthing false "
+                "in the class table): stuff has no instances"
+            )
+        segments.add(instance_ids == value, class_id)
+    segments.add_semantic(instance_ids, covered)
+    return segments
+
+
+def coco_masks(annotations, height, width):
+    """(annotation, bool mask) for COCO polygons or RLE, decoded by pycocotools."""
+    from pycocotools import mask as mask_utils
+
+    for annotation in annotations:
+        segmentation = annotation["segmentation"]
+        if isinstance(segmentation, list):  # polygons
+            rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+        elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
+            rle = mask_utils.frPyObjects(segmentation, height, width)
+        else:
+            rle = segmentation
+        yield annotation, mask_utils.decode(rle).astype(bool)
+
+
+def convert_coco(semantic, annotations, table, source):
+    segments = Segments(semantic.shape, table, source)
+    height, width = semantic.shape
+    owner = np.full(semantic.shape, -1, np.int64)  # index of the annotation that has the pixel
+    for index, (annotation, mask) in enumerate(coco_masks(annotations, height, width)):
+        class_id = annotation["category_id"]
+        if not segments.category(class_id, "category_id")["isthing"]:
+            raise CustomDatasetError(
+                f"{source}: annotation {annotation.get('id')} has category {class_id}, a stuff "
+                "class (isthing false in the class table): stuff comes from the semantic PNGs"
+            )
+        overlap = mask & (owner >= 0)
+        if overlap.any():
+            other = annotations[int(owner[overlap][0])].get("id")
+            raise CustomDatasetError(
+                f"{source}: annotation {annotation.get('id')} overlaps annotation {other} on "
+                f"{int(overlap.sum())} pixels; thing instances must not overlap"
+            )
+        segments.add(mask, class_id, iscrowd=bool(annotation.get("iscrowd", 0)))
+        owner[mask] = index
+    segments.add_semantic(semantic, owner >= 0)
+    return segments
+
+
+# ---- one split -----------------------------------------------------------------------------------
+
+
+def label_paths(root, split, fmt):
+    """{image stem: label path(s)} of the format's inputs."""
+    if fmt == "instance-ids":
+        pattern = os.path.join(root, "instance_ids", split, "**", "*_instanceIds.png")
+        return {
+            os.path.basename(p)[: -len("_instanceIds.png")]: p
+            for p in glob.glob(pattern, recursive=True)
+        }
+    semantic_root = os.path.join(root, "semantic", split)
+    semantic = {
+        stem(p): p for p in glob.glob(os.path.join(semantic_root, "**", "*.png"), recursive=True)
+    }
+    if fmt == "coco":
+        return semantic
+    instances = os.path.join(root, "instances", split)
+    return {
+        name: (path, os.path.join(instances, os.path.relpath(path, semantic_root)))
+        for name, path in semantic.items()
+    }
+
+
+def coco_annotations_by_stem(root, split, table):
+    path = os.path.join(root, "annotations", f"instances_{split}.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found (COCO instances json of the {split} split)")
+    with open(path) as f:
+        content = json.load(f)
+    for key in ("images", "annotations"):
+        if key not in content:
+            raise CustomDatasetError(f"{path}: no '{key}' list (not a COCO instances json)")
+    by_image = {image["id"]: stem(image["file_name"]) for image in content["images"]}
+    grouped = {}
+    for annotation in content["annotations"]:
+        if annotation["image_id"] not in by_image:
+            raise CustomDatasetError(
+                f"{path}: annotation {annotation.get('id')} refers to image "
+                f"{annotation['image_id']}, which is not in 'images'"
+            )
+        grouped.setdefault(by_image[annotation["image_id"]], []).append(annotation)
+    return grouped, path
+
+
+def convert_image(image_path, fmt, labels, coco, table):
+    """(panoptic ids, segments) of one image; None labels: an all-void image."""
+    size = image_size(image_path)
+    name = stem(image_path)
+    if fmt == "instance-ids":
+        if labels is None:
+            return None
+        instance_ids = read_label_png(labels)
+        check_size(labels, instance_ids, image_path, size)
+        return convert_instance_ids(instance_ids, table, labels)
+    if fmt == "semantic-instance":
+        if labels is None:
+            return None
+        semantic_path, instance_path = labels
+        semantic = read_label_png(semantic_path)
+        check_size(semantic_path, semantic, image_path, size)
+        if not os.path.isfile(instance_path):
+            raise FileNotFoundError(f"{instance_path} not found (the instances of {semantic_path})")
+        instances = read_label_png(instance_path)
+        check_size(instance_path, instances, image_path, size)
+        return convert_semantic_instance(semantic, instances, table, instance_path, semantic_path)
+    annotations, json_path = coco
+    things = annotations.get(name, [])
+    if labels is None and not things:
+        return None
+    if labels is None:  # things only: the rest is void
+        semantic = np.full(size, min(table["void"]) if table["void"] else -1, np.int64)
+        table = dict(table, void=table["void"] | {-1})
+    else:
+        semantic = read_label_png(labels)
+        check_size(labels, semantic, image_path, size)
+    return convert_coco(semantic, things, table, f"{json_path} ({name})")
+
+
+def write_ids_png(path, ids):
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+    if not cv2.imwrite(path, rgb[..., ::-1]):
+        raise OSError(f"cannot write {path}")
+
+
+def convert_split(root, split, fmt, table, progress=True):
+    """Write panoptic/<split>/ and panoptic_<split>.json under root; returns the summary."""
+    images = find_images(root, split)
+    labels = label_paths(root, split, fmt)
+    coco = coco_annotations_by_stem(root, split, table) if fmt == "coco" else None
+    final_dir = os.path.join(root, "panoptic", split)
+    temporary = os.path.join(root, "panoptic", f".{split}.incomplete")
+    shutil.rmtree(temporary, ignore_errors=True)
+    os.makedirs(temporary)
+    records, annotations, counts = [], [], Counter()
+    try:
+        for index, image_path in enumerate(tqdm(images, desc=f"{split}", disable=not progress)):
+            name = stem(image_path)
+            converted = convert_image(image_path, fmt, labels.get(name), coco, table)
+            height, width = image_size(image_path)
+            if converted is None:
+                counts["all-void images (no annotations)"] += 1
+                ids, segments = np.zeros((height, width), np.int32), []
+            else:
+                ids, segments = converted.ids, converted.segments
+            write_ids_png(os.path.join(temporary, f"{name}.png"), ids)
+            file_name = os.path.relpath(image_path, os.path.join(root, "images", split))
+            records.append({"id": index, "file_name": file_name, "height": height, "width": width})
+            annotations.append(
+                {"image_id": index, "file_name": f"{name}.png", "segments_info": segments}
+            )
+            counts["segments"] += len(segments)
+            counts["crowd segments"] += sum(s["iscrowd"] for s in segments)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    categories = [table["classes"][k] for k in sorted(table["classes"])]
+    json_path = os.path.join(root, f"panoptic_{split}.json")
+    with open(json_path + ".incomplete", "w") as f:
+        json.dump({"images": records, "annotations": annotations, "categories": categories}, f)
+    shutil.rmtree(final_dir, ignore_errors=True)
+    os.replace(temporary, final_dir)
+    os.replace(json_path + ".incomplete", json_path)
+    counts["images"] = len(images)
+    return dict(counts)
+
+
+def split_complete(root, split):
+    json_path = os.path.join(root, f"panoptic_{split}.json")
+    if not os.path.isfile(json_path):
+        return False
+    with open(json_path) as f:
+        annotations = json.load(f)["annotations"]
+    folder = os.path.join(root, "panoptic", split)
+    return all(os.path.isfile(os.path.join(folder, a["file_name"])) for a in annotations)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True, help="the dataset folder (see the docstring)")
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--splits", nargs="+", default=["train", "val"])
+    parser.add_argument("--classes", help="the class table (default: ROOT/classes.yaml or .json)")
+    parser.add_argument("--overwrite", action="store_true", help="redo complete splits")
+    args = parser.parse_args(argv)
+    classes = args.classes or next(
+        (
+            os.path.join(args.root, name)
+            for name in ("classes.yaml", "classes.yml", "classes.json")
+            if os.path.isfile(os.path.join(args.root, name))
+        ),
+        os.path.join(args.root, "classes.yaml"),
+    )
+    try:
+        table = read_class_table(classes)
+        for split in args.splits:
+            if split_complete(args.root, split) and not args.overwrite:
+                print(f"{split}: {args.root}/panoptic_{split}.json is complete, skipped")
+                continue
+            summary = convert_split(args.root, split, args.format, table)
+            print(f"{split}: " + ", ".join(f"{v} {k}" for k, v in summary.items()))
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    things = sum(c["isthing"] for c in table["classes"].values())
+    print(
+        f"{args.root}: MODEL.SEM_SEG_HEAD.NUM_CLASSES {len(table['classes'])}, "
+        f"MODEL.ROI_HEADS.NUM_CLASSES {things}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
