@@ -159,7 +159,12 @@ class ConvNormAct(Conv2d):
         return super().train(mode)
 
     def forward(self, x):
-        if self.training or torch.is_grad_enabled() or not self.fold_norm_at_inference:
+        if (
+            self.training
+            or torch.is_grad_enabled()
+            or not self.fold_norm_at_inference
+            or _capturing_a_graph()
+        ):
             return super().forward(x)
         statistics = _foldable_statistics(self.norm)
         if statistics is None:
@@ -187,6 +192,42 @@ class ConvNormAct(Conv2d):
             weight = weight.contiguous(memory_format=torch.channels_last)
         self._inference_weights = (key, (weight, bias))
         return weight, bias
+
+
+def _capturing_a_graph():
+    """Under torch.jit.trace, torch.compile or torch.export: the plain conv -> norm -> act runs
+    (the cache's version counters and storage addresses do not exist for traced tensors); to
+    export folded convs, ``fold_for_export`` first."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+@torch.no_grad()
+def fold_for_export(module):
+    """Fold every eval-mode BatchNorm (BN, SyncBN, iABN, FrozenBN) into its conv, in place.
+
+    For export (ONNX, torch.export, TorchScript): afterwards each conv is a plain conv with
+    folded weight and bias followed by its activation, with no cache and no norm, so a traced
+    or exported graph holds folded convs. The module can no longer be trained as before: fold
+    a copy (``copy.deepcopy(model)``). Returns how many convs were folded.
+    """
+    folded = 0
+    for conv in module.modules():
+        if not isinstance(conv, ConvNormAct) or conv.training:
+            continue
+        statistics = _foldable_statistics(conv.norm)
+        if statistics is None:
+            continue
+        mean, var, eps, gamma, beta = statistics
+        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, mean, var, eps, gamma, beta)
+        slope = getattr(conv.norm, "slope", None)  # iABN carries its activation
+        conv.weight = nn.Parameter(weight.detach(), requires_grad=False)
+        conv.bias = nn.Parameter(bias.detach(), requires_grad=False)
+        conv.norm = None
+        if slope is not None:
+            conv.activation = nn.LeakyReLU(slope)
+        conv._inference_weights = None
+        folded += 1
+    return folded
 
 
 def configure_inference(module, *, fold_norm=True, channels_last_devices=("cpu",)):
