@@ -13,6 +13,7 @@ import time
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone, build_model
+from fvcore.nn import parameter_count
 
 from efficientps import add_efficientps_config
 
@@ -118,7 +119,7 @@ def build(cfg, what="model"):
 
 
 def count_parameters(module):
-    return sum(p.numel() for p in module.parameters())
+    return parameter_count(module)[""]
 
 
 def run_worker(script, arguments, env=None):
