@@ -84,6 +84,12 @@ def _conv_bn(mapping, source_conv, source_bn, target):
         mapping[f"{source_bn}.{field}"] = f"{target}.norm.{field}"
 
 
+def _squeeze_excitation(mapping, source_reduce, source_expand, target):
+    for source, part in ((source_reduce, "reduce"), (source_expand, "expand")):
+        for field in ("weight", "bias"):
+            mapping[f"{source}.{field}"] = f"{target}.se.{part}.{field}"
+
+
 def key_map(backbone, layout):
     """{source key: our key} for every backbone tensor of ``layout`` (SE included)."""
     mapping = {}
@@ -96,9 +102,7 @@ def key_map(backbone, layout):
             _conv_bn(mapping, f"{source}._expand_conv", f"{source}._bn0", f"{target}.expand")
             _conv_bn(mapping, f"{source}._depthwise_conv", f"{source}._bn1", f"{target}.depthwise")
             _conv_bn(mapping, f"{source}._project_conv", f"{source}._bn2", f"{target}.project")
-            for se_source, se_target in (("_se_reduce", "reduce"), ("_se_expand", "expand")):
-                for field in ("weight", "bias"):
-                    mapping[f"{source}.{se_source}.{field}"] = f"{target}.se.{se_target}.{field}"
+            _squeeze_excitation(mapping, f"{source}._se_reduce", f"{source}._se_expand", target)
         _conv_bn(mapping, "_conv_head", "_bn1", head)
         return mapping
     _conv_bn(mapping, "conv_stem", "bn1", "stem")
@@ -112,9 +116,7 @@ def key_map(backbone, layout):
             _conv_bn(mapping, f"{source}.conv_pw", f"{source}.bn1", f"{target}.expand")
             _conv_bn(mapping, f"{source}.conv_dw", f"{source}.bn2", f"{target}.depthwise")
             _conv_bn(mapping, f"{source}.conv_pwl", f"{source}.bn3", f"{target}.project")
-        for se_source, se_target in (("conv_reduce", "reduce"), ("conv_expand", "expand")):
-            for field in ("weight", "bias"):
-                mapping[f"{source}.se.{se_source}.{field}"] = f"{target}.se.{se_target}.{field}"
+        _squeeze_excitation(mapping, f"{source}.se.conv_reduce", f"{source}.se.conv_expand", target)
     _conv_bn(mapping, "conv_head", "bn2", head)
     return mapping
 

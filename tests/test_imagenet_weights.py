@@ -14,7 +14,7 @@ from efficientnet_pytorch import EfficientNet as ReferenceEfficientNet
 from efficientnet_pytorch.utils import get_model_params
 from safetensors.torch import save_file
 
-from .helpers import REPO, backbone_cfg, small_cfg
+from .helpers import REPO, backbone_cfg, randomise_batchnorm, small_cfg
 
 timm = pytest.importorskip("timm")  # a test dependency (setup.py extras "dev")
 
@@ -35,17 +35,9 @@ def load_tool():
     return module
 
 
-def randomise(model, seed=0):
-    """Random weights and BN statistics far from the identity, so that BN mistakes show."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
-                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
+def randomise(model):
+    """Random BN statistics and affine parameters (the helpers'), eval mode."""
+    randomise_batchnorm(model)
     return model.eval()
 
 
