@@ -10,6 +10,7 @@ touching its parameters (see ``ConvNormAct``).
 """
 
 import math
+from typing import List
 
 import torch
 from detectron2.layers import Conv2d, FrozenBatchNorm2d, get_norm
@@ -271,10 +272,11 @@ class SamePadConv2d(ConvNormAct):
         return super().forward(x)
 
 
-def same_pad(size, kernel_size, stride):
+def same_pad(size: List[int], kernel_size: int, stride: int) -> List[int]:
     """F.pad arguments (left, right, top, bottom) of TF 'SAME' padding for ``size`` (H, W)."""
-    pads = []
-    for length in reversed(size):  # F.pad wants (left, right, top, bottom)
-        total = max((math.ceil(length / stride) - 1) * stride + kernel_size - length, 0)
+    pads: List[int] = []
+    for axis in (1, 0):  # F.pad wants (left, right, top, bottom)
+        length = size[axis]
+        total = max((-(-length // stride) - 1) * stride + kernel_size - length, 0)
         pads += [total // 2, total - total // 2]
     return pads
