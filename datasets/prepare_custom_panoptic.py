@@ -43,6 +43,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from efficientps_pq.panoptic_ids import id_to_rgb
+
 FORMATS = ("coco", "semantic-instance", "instance-ids")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 LABEL_DIVISOR = 1000
@@ -312,9 +314,8 @@ def coco_annotations_by_stem(root, split, table):
     return grouped, path
 
 
-def convert_image(image_path, fmt, labels, coco, table):
-    """(panoptic ids, segments) of one image; None labels: an all-void image."""
-    size = image_size(image_path)
+def convert_image(image_path, size, fmt, labels, coco, table):
+    """(panoptic ids, segments) of one image of ``size`` (H, W); None: an all-void image."""
     name = stem(image_path)
     if fmt == "instance-ids":
         if labels is None:
@@ -337,8 +338,8 @@ def convert_image(image_path, fmt, labels, coco, table):
     things = annotations.get(name, [])
     if labels is None and not things:
         return None
-    if labels is None:  # things only: the rest is void
-        semantic = np.full(size, min(table["void"]) if table["void"] else -1, np.int64)
+    if labels is None:  # things only: the rest is void (-1, never a class id)
+        semantic = np.full(size, -1, np.int64)
         table = dict(table, void=table["void"] | {-1})
     else:
         semantic = read_label_png(labels)
@@ -347,8 +348,8 @@ def convert_image(image_path, fmt, labels, coco, table):
 
 
 def write_ids_png(path, ids):
-    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
-    if not cv2.imwrite(path, rgb[..., ::-1]):
+    """COCO-panoptic PNG (efficientps_pq's id encoding); fails if it cannot be written."""
+    if not cv2.imwrite(path, id_to_rgb(ids)[..., ::-1]):
         raise OSError(f"cannot write {path}")
 
 
@@ -365,8 +366,10 @@ def convert_split(root, split, fmt, table, progress=True):
     try:
         for index, image_path in enumerate(tqdm(images, desc=f"{split}", disable=not progress)):
             name = stem(image_path)
-            converted = convert_image(image_path, fmt, labels.get(name), coco, table)
             height, width = image_size(image_path)
+            converted = convert_image(
+                image_path, (height, width), fmt, labels.get(name), coco, table
+            )
             if converted is None:
                 counts["all-void images (no annotations)"] += 1
                 ids, segments = np.zeros((height, width), np.int32), []

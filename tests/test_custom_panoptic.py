@@ -6,6 +6,7 @@ COCO polygons and RLE, cityscapesscripts draws the *_instanceIds.png from polygo
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -221,8 +222,6 @@ def test_bad_inputs_name_the_file_and_value_and_write_nothing(
     code = converter.main(["--root", str(root), "--format", "semantic-instance", "--splits",
                            "train"])  # fmt: skip
     assert code == 1
-    import re
-
     assert re.search(message, capsys.readouterr().err)
     assert not (root / "panoptic_train.json").exists()
     assert not (root / "panoptic" / "train").exists()

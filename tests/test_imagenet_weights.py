@@ -7,6 +7,7 @@ import importlib.util
 import logging
 
 import pytest
+import timm  # a test dependency (setup.py extras "dev")
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_backbone, build_model
@@ -15,8 +16,6 @@ from efficientnet_pytorch.utils import get_model_params
 from safetensors.torch import save_file
 
 from .helpers import REPO, backbone_cfg, randomise_batchnorm, small_cfg
-
-timm = pytest.importorskip("timm")  # a test dependency (setup.py extras "dev")
 
 # Our EfficientNet's taps after timm's block groups (strides 4, 8, 16); res5 is forward_features.
 TAP_AFTER_GROUP = {"res2": 1, "res3": 2, "res4": 4}

@@ -63,10 +63,9 @@ def hard_pixel_cross_entropy(
         raise ValueError(f"hard-pixel fraction must be in (0, 1], got {fraction}")
     checked_ranking(ranking)
     losses = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="none")
-    height, width = targets.shape[-2:]
-    pixels = [h * w for h, w in image_sizes] if image_sizes is not None else None
-    if pixels is None:
-        pixels = [height * width] * len(targets)
+    if image_sizes is None:
+        image_sizes = [targets.shape[-2:]] * len(targets)
+    pixels = [h * w for h, w in image_sizes]
     if ranking == "batch":
         return _mean_of_hardest(losses.flatten(), math.ceil(fraction * sum(pixels)))
     per_image = [
