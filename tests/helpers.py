@@ -75,6 +75,17 @@ def stock_mask_rcnn_cfg():
     return cfg
 
 
+def drop_in_cfg(meta_architecture, backbone_name="build_efficientnet_2wayfpn_backbone"):
+    """A stock detectron2 model (GeneralizedRCNN, PanopticFPN) with our backbone dropped in."""
+    cfg = stock_mask_rcnn_cfg()
+    cfg.MODEL.META_ARCHITECTURE = meta_architecture
+    cfg.MODEL.BACKBONE.NAME = backbone_name
+    cfg.MODEL.EFFICIENTNET.NAME = "efficientnet-b0"
+    cfg.MODEL.TWO_WAY_FPN.TOP_BLOCK = "maxpool"  # the stock RPN config wants p6
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 4
+    return cfg
+
+
 def synthetic_instances(height, width, boxes=((10, 20, 110, 150),), classes=(3,)):
     """Instances with gt boxes, classes and box-shaped bit masks (x0, y0, x1, y1 pixels)."""
     gt = Instances((height, width))

@@ -13,7 +13,7 @@ from efficientps.imagenet_weights import load_imagenet_weights
 from efficientps.modeling import configure_inference
 from efficientps.modeling.backbone import EfficientNet, TwoWayFPN
 
-from .helpers import backbone_cfg, count_parameters, stock_mask_rcnn_cfg, synthetic_instances
+from .helpers import backbone_cfg, count_parameters, drop_in_cfg, synthetic_instances
 
 SPEC_CHANNELS = {
     "efficientnet-b0": [24, 40, 112, 1280],
@@ -242,16 +242,6 @@ def test_inference_padding_before_expansion_gives_the_same_outputs(size, fold, m
     assert len(calls) == 4
     for tap in expected:
         torch.testing.assert_close(got[tap], expected[tap], atol=1e-5, rtol=1e-5)
-
-
-def drop_in_cfg(meta_architecture, backbone_name):
-    cfg = stock_mask_rcnn_cfg()
-    cfg.MODEL.META_ARCHITECTURE = meta_architecture
-    cfg.MODEL.BACKBONE.NAME = backbone_name
-    cfg.MODEL.EFFICIENTNET.NAME = "efficientnet-b0"
-    cfg.MODEL.TWO_WAY_FPN.TOP_BLOCK = "maxpool"  # the stock RPN config wants p6
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 4
-    return cfg
 
 
 @pytest.mark.parametrize(

@@ -160,17 +160,37 @@ class ConvNormAct(Conv2d):
         return super().train(mode)
 
     def forward(self, x):
-        if (
-            self.training
-            or torch.is_grad_enabled()
-            or not self.fold_norm_at_inference
-            or _capturing_a_graph()
-        ):
-            return super().forward(x)
-        statistics = _foldable_statistics(self.norm)
-        if statistics is None:
-            return super().forward(x)
-        weight, bias = self._folded_weights(statistics, x.device.type)
+        return self._conv_norm_act(x)
+
+    def _conv_norm_act(self, x):
+        # TorchScript compiles the plain path only (the cache keys on storage addresses).
+        if not torch.jit.is_scripting():
+            if self._runs_folded():
+                return self._folded_forward(x)
+        return self._plain_forward(x)
+
+    def _plain_forward(self, x):
+        """conv -> norm -> activation (detectron2's Conv2d, written out for TorchScript)."""
+        x = F.conv2d(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+    def _runs_folded(self):
+        return (
+            self.fold_norm_at_inference
+            and not self.training
+            and not torch.is_grad_enabled()
+            and not capturing_a_graph()
+            and _foldable_statistics(self.norm) is not None
+        )
+
+    def _folded_forward(self, x):
+        weight, bias = self._folded_weights(_foldable_statistics(self.norm), x.device.type)
         x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
         slope = getattr(self.norm, "slope", None)  # iABN carries the activation itself
         if slope is not None:
@@ -195,7 +215,7 @@ class ConvNormAct(Conv2d):
         return weight, bias
 
 
-def _capturing_a_graph():
+def capturing_a_graph():
     """Under torch.jit.trace, torch.compile or torch.export: the plain conv -> norm -> act runs
     (the cache's version counters and storage addresses do not exist for traced tensors); to
     export folded convs, ``fold_for_export`` first."""
@@ -265,11 +285,11 @@ class SamePadConv2d(ConvNormAct):
     def forward(self, x):
         if self.stride[0] > 1 and self.tf_same:
             x = F.pad(x, same_pad(x.shape[-2:], self.kernel_size[0], self.stride[0]))
-        return super().forward(x)
+        return self._conv_norm_act(x)
 
     def forward_padded(self, x):
         """The conv (+ norm + activation) on an input that already carries its 'SAME' padding."""
-        return super().forward(x)
+        return self._conv_norm_act(x)
 
 
 def same_pad(size: List[int], kernel_size: int, stride: int) -> List[int]:

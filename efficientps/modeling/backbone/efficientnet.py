@@ -8,6 +8,7 @@ BatchNorm can be folded for inference, and no pad is computed at run time for st
 
 import functools
 import logging
+from typing import Dict
 
 import torch
 from detectron2.layers import FrozenBatchNorm2d
@@ -18,7 +19,14 @@ from torch.nn import functional as F
 from torchvision.ops import stochastic_depth
 
 from ..activation_checkpointing import checkpointed, checkpointing_active
-from ..layers import SamePadConv2d, build_activation, build_norm, check_layer_names, same_pad
+from ..layers import (
+    SamePadConv2d,
+    build_activation,
+    build_norm,
+    capturing_a_graph,
+    check_layer_names,
+    same_pad,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,10 +109,8 @@ class MBConvBlock(nn.Module):
     def forward(self, x):
         if self.expand is None:
             out = self.depthwise(x)
-        elif self.depthwise.stride[0] > 1 and self._pad_before_expand():
-            out = self._expand_padded(x)
         else:
-            out = self.depthwise(self.expand(x))
+            out = self._expand_depthwise(x)
         if self.se is not None:
             out = self.se(out)
         out = self.project(out)
@@ -114,14 +120,22 @@ class MBConvBlock(nn.Module):
         out = stochastic_depth(out, self.drop_connect_rate, "row", self.training)
         return out + x
 
+    def _expand_depthwise(self, x):
+        if not torch.jit.is_scripting():  # TorchScript: the plain order (no in-place border)
+            if self.depthwise.stride[0] > 1 and self._pad_before_expand():
+                return self._expand_padded(x)
+        return self.depthwise(self.expand(x))
+
     def _pad_before_expand(self):
         # Per-pixel norms only (eval BN, FrozenBN, folded): the padded border must not change
-        # batch or group statistics. Autograd off: the border is cleared in place.
+        # batch or group statistics. Autograd off: the border is cleared in place. Not while a
+        # graph is captured: the border's slices would be recorded for the sample's size.
         norm = self.expand.norm
         return (
             self.depthwise.tf_same
             and not self.training
             and not torch.is_grad_enabled()
+            and not capturing_a_graph()
             and not isinstance(norm, (nn.GroupNorm, nn.SyncBatchNorm))
         )
 
@@ -263,13 +277,17 @@ class EfficientNet(Backbone):
         stages["res5"].append(head)
         self.stage_names = []
         channels = {"res5": head_channels}
+        last_tap = max(out_features, key=lambda t: TAP_STRIDES[t])
         for tap in TAP_STRIDES:
+            if self.stage_names and self.stage_names[-1] == last_tap:
+                # Not computed; an empty stage (no parameters) keeps TorchScript's
+                # unrolled forward valid.
+                self.add_module(tap, nn.Sequential())
+                continue
             self.add_module(tap, nn.Sequential(*stages[tap]))
             if tap != "res5":
                 channels[tap] = stages[tap][-1].project.out_channels
             self.stage_names.append(tap)
-            if tap == max(out_features, key=lambda t: TAP_STRIDES[t]):
-                break
         self.activation_checkpointing = activation_checkpointing
         self._out_features = list(out_features)
         self._out_feature_strides = {t: TAP_STRIDES[t] for t in out_features}
@@ -278,7 +296,9 @@ class EfficientNet(Backbone):
 
     def forward(self, x):
         if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"EfficientNet expects (N, 3, H, W) images, got {tuple(x.shape)}")
+            raise ValueError(f"EfficientNet expects (N, 3, H, W) images, got {x.shape}")
+        if torch.jit.is_scripting():
+            return self._scripted_stages(self.stem(x))
         outputs = {}
         x = self.stem(x)
         checkpointing = checkpointing_active(self.activation_checkpointing, self)
@@ -291,6 +311,24 @@ class EfficientNet(Backbone):
                 x = stage(x)
             if tap in self._out_features:
                 outputs[tap] = x
+        return outputs
+
+    def _scripted_stages(self, x):
+        """forward's stage loop unrolled for TorchScript (no getattr by name); the stages
+        past the last tap are empty."""
+        outputs: Dict[str, torch.Tensor] = {}
+        x = self.res2(x)
+        if "res2" in self._out_features:
+            outputs["res2"] = x
+        x = self.res3(x)
+        if "res3" in self._out_features:
+            outputs["res3"] = x
+        x = self.res4(x)
+        if "res4" in self._out_features:
+            outputs["res4"] = x
+        x = self.res5(x)
+        if "res5" in self._out_features:
+            outputs["res5"] = x
         return outputs
 
     def block_positions(self):

@@ -5,6 +5,9 @@ as in FPN) and a bottom-up path (fine to coarse, nearest downsampling: no parame
 does not count). Each level sums both paths and applies one 3x3 conv (separable in the paper).
 """
 
+from typing import Dict, List
+
+import torch
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from torch import nn
@@ -85,13 +88,18 @@ class TwoWayFPN(Backbone):
         features = self.bottom_up(x)
         inputs = [features[f] for f in self.in_features]
         del features
-        if checkpointing_active(self.activation_checkpointing, self):
+        if torch.jit.is_scripting():
+            outputs = self._scripted_two_way_paths(inputs)
+        elif checkpointing_active(self.activation_checkpointing, self):
             outputs = checkpointed(self, *inputs, function=self._two_way_paths)
         else:
             outputs = self._two_way_paths(*inputs)
         if self.top_block is not None:
             outputs.extend(self.top_block(outputs[-1]))
-        return dict(zip(self._out_features, outputs))
+        named: Dict[str, torch.Tensor] = {}
+        for name, output in zip(self._out_features, outputs):
+            named[name] = output
+        return named
 
     def _two_way_paths(self, *inputs):
         """Top-down and bottom-up paths summed per level, then the output convs (finest first)."""
@@ -120,6 +128,31 @@ class TwoWayFPN(Backbone):
             summed = top_down[i] + bottom_up
             top_down[i] = bottom_up = None
             outputs.append(self.output_convs[i](summed))
+        return outputs
+
+    def _scripted_two_way_paths(self, inputs: List[torch.Tensor]) -> List[torch.Tensor]:
+        """``_two_way_paths`` for TorchScript, which cannot index a ModuleList by a loop
+        variable: each ModuleList is applied in one enumerate loop, and the laterals of all
+        levels are held at once (same sums in the same order, more memory)."""
+        n = len(inputs)
+        top_down: List[torch.Tensor] = []
+        for i, lateral in enumerate(self.lateral_top_down):
+            top_down.append(lateral(inputs[i]))
+        for i in range(n - 2, -1, -1):
+            coarser = F.interpolate(top_down[i + 1], size=inputs[i].shape[-2:], mode="nearest")
+            top_down[i] = coarser + top_down[i]
+        summed: List[torch.Tensor] = []
+        carry = torch.empty(0)
+        for i, lateral in enumerate(self.lateral_bottom_up):
+            bottom_up = lateral(inputs[i])
+            if i > 0:
+                bottom_up = carry + bottom_up
+            if i + 1 < n:
+                carry = F.interpolate(bottom_up, size=inputs[i + 1].shape[-2:], mode="nearest")
+            summed.append(top_down[i] + bottom_up)
+        outputs: List[torch.Tensor] = []
+        for i, output_conv in enumerate(self.output_convs):
+            outputs.append(output_conv(summed[i]))
         return outputs
 
     @property
