@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align as torchvision_roi_align
 
+from .layers import capturing_a_graph
+
 
 def _axis_samples(start, end, bins, grid, size, max_grid):
     """Bilinear taps of one axis: indices and weights shaped (R, bins, max_grid * 2).
@@ -116,7 +118,9 @@ class FastCPUROIAlign(nn.Module):
         self.aligned = aligned
 
     def forward(self, features, rois):
-        if features.device.type == "cpu":
+        # Not while a graph is captured: its ROI grouping is data-dependent Python, while
+        # torchvision's op exports as one ONNX RoiAlign.
+        if features.device.type == "cpu" and not capturing_a_graph():
             return roi_align_embedding_bag(
                 features,
                 rois,

@@ -219,7 +219,9 @@ def select_class_mask_logits(mask_logits, classes):
     """(R, C, h, w) per-class logits and (R,) classes -> (R, 1, h, w) logits of each class."""
     if mask_logits.shape[1] == 1:
         return mask_logits
-    return mask_logits[torch.arange(len(classes), device=classes.device), classes][:, None]
+    # shape[0], not len(): a graph tracer records the size, len() would be a constant.
+    rows = torch.arange(classes.shape[0], device=classes.device)
+    return mask_logits[rows, classes][:, None]
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -264,6 +266,8 @@ class EfficientPSROIHeads(StandardROIHeads):
         """
         pooled = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
         selected = select_class_mask_logits(self.mask_head.layers(pooled), cat(classes))
+        if len(boxes) == 1:  # no split: traced split sizes would be constants
+            return [selected]
         return list(selected.split([len(b) for b in boxes]))
 
     def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):

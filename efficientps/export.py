@@ -1,0 +1,187 @@
+"""Export EfficientPS as one ONNX graph plus the metadata a torch-free runtime needs.
+
+What is inside the graph (``ExportableEfficientPS``): uint8 image (H, W, 3) in the config's
+channel order, already resized to the test size -> float, normalisation, zero padding to the
+backbone's size divisibility, EfficientNet + 2-way FPN (norms folded into the convs), the
+semantic head, the RPN with its NMS, the box head with ROIAlign and per-class NMS, the mask
+head. Outputs: semantic logits (C, H, W) at the input's size, and per detection its box (in
+input pixels), score, thing class and the mask logits of its class (M x M).
+
+What is not (done by ``efficientps_runtime`` with NumPy/OpenCV, exactly as the PyTorch model
+does it): the resize to the test size (detectron2's ResizeShortestEdge, Pillow's bilinear), the
+resize of the semantic logits and boxes back to the image's size, and the panoptic fusion.
+
+The graph is recorded with the TorchScript-based ONNX exporter (``dynamo=False``): it keeps
+detectron2's data-dependent steps (top-k, NMS, per-level ROI assignment) as ONNX ops. TF 'SAME'
+padding is recorded for the sample's size, which is exact for every input because images are
+padded to a multiple of 32 inside the graph, where every stride-2 conv sees an even size.
+"""
+
+import copy
+import json
+import os
+
+import torch
+from detectron2.data import MetadataCatalog
+from torch import nn
+
+from .class_tables import channel_to_dataset_id
+from .modeling import fold_for_export
+from .modeling.meta_arch.efficientps import EfficientPS
+
+METADATA_VERSION = 1
+OPSET = 17  # ROIAlign with aligned=True (ROIAlignV2) needs 16
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("sem_logits", "boxes", "scores", "classes", "mask_logits")
+
+
+class ExportError(ValueError):
+    """A model or config the exporter cannot handle; the message names the key."""
+
+
+class ExportableEfficientPS(nn.Module):
+    """EfficientPS from a uint8 (H, W, 3) image to tensors only (what a graph can return)."""
+
+    def __init__(self, model: EfficientPS):
+        super().__init__()
+        self.model = model
+        self.train(model.training)  # exporters restore the wrapper's mode on every child
+
+    def forward(self, image):
+        chw = image.permute(2, 0, 1).to(torch.float32)
+        (result,) = self.model.inference([{"image": chw}], do_postprocess=False)
+        detections = result["instances"]
+        return (
+            result["sem_seg"],
+            detections.pred_boxes.tensor,
+            detections.scores,
+            detections.pred_classes,
+            detections.pred_mask_logits[:, 0],
+        )
+
+
+def exportable_copy(model):
+    """A folded eval-mode float32 copy of ``model`` wrapped for export (the model is untouched)."""
+    if not isinstance(model, EfficientPS):
+        raise ExportError(
+            f"MODEL.META_ARCHITECTURE: the exporter handles EfficientPS, got {type(model).__name__}"
+        )
+    if not model.roi_heads.mask_on:
+        raise ExportError("MODEL.MASK_ON: the panoptic fusion needs the mask head")
+    model = copy.deepcopy(model).eval()
+    model.inference_dtype = torch.float32  # reduced precision is not exported
+    fold_for_export(model)
+    return ExportableEfficientPS(model).eval()
+
+
+def export_onnx(model, sample_image, path, opset=OPSET):
+    """Write ``model`` (EfficientPS) as ONNX to ``path``; ``sample_image`` (H, W, 3) uint8."""
+    if opset < 16 and _uses_aligned_roi_align(model):
+        raise ExportError(
+            "MODEL.ROI_BOX_HEAD.POOLER_TYPE / MODEL.ROI_MASK_HEAD.POOLER_TYPE: ROIAlignV2 "
+            f"(aligned) needs ONNX opset >= 16, asked for {opset}"
+        )
+    wrapper = exportable_copy(model)
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            (torch.as_tensor(sample_image),),
+            path,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={
+                INPUT_NAME: {0: "height", 1: "width"},
+                "sem_logits": {1: "height", 2: "width"},
+                "boxes": {0: "detections"},
+                "scores": {0: "detections"},
+                "classes": {0: "detections"},
+                "mask_logits": {0: "detections"},
+            },
+            opset_version=opset,
+            dynamo=False,
+        )
+    return wrapper
+
+
+def _uses_aligned_roi_align(model):
+    poolers = [model.roi_heads.box_pooler, getattr(model.roi_heads, "mask_pooler", None)]
+    return any(
+        getattr(level, "aligned", False)
+        for pooler in poolers
+        if pooler is not None
+        for level in pooler.level_poolers
+    )
+
+
+def export_metadata(cfg, model):
+    """Everything the runtime needs besides the graph, as a JSON-serialisable dict."""
+    dataset = (cfg.DATASETS.TEST or cfg.DATASETS.TRAIN or [None])[0]
+    if dataset is None:
+        raise ExportError("DATASETS.TEST / DATASETS.TRAIN: a dataset names the classes")
+    metadata = MetadataCatalog.get(dataset)
+    tables = model.class_tables
+    fusion = model.panoptic_fusion
+    try:
+        to_dataset_id = channel_to_dataset_id(metadata)
+        names = list(metadata.stuff_classes)
+    except AttributeError as error:
+        raise ExportError(
+            f"DATASETS.TEST: dataset {dataset!r} has no panoptic metadata ({error})"
+        ) from error
+    colors = list(getattr(metadata, "stuff_colors", None) or [])
+    thing_colors = list(getattr(metadata, "thing_colors", None) or [])
+    classes = []
+    thing_index = {channel: k for k, channel in enumerate(tables.thing_channels)}
+    for channel in range(tables.num_classes):
+        color = colors[channel] if channel < len(colors) else None
+        if channel in thing_index and len(thing_colors) == tables.num_classes:
+            color = thing_colors[channel]
+        elif channel in thing_index and thing_index[channel] < len(thing_colors):
+            color = thing_colors[thing_index[channel]]
+        classes.append(
+            {
+                "channel": channel,
+                "dataset_id": int(to_dataset_id[channel]),
+                "name": names[channel],
+                "isthing": channel in thing_index,
+                "color": [int(c) for c in color] if color is not None else None,
+            }
+        )
+    learned = None
+    if fusion.learned is not None:
+        learned = fusion.learned.weights.detach().cpu().tolist()
+    return {
+        "format_version": METADATA_VERSION,
+        "model": "model.onnx",
+        "dataset": dataset,
+        "input": {
+            "name": INPUT_NAME,
+            "layout": "HWC",
+            "dtype": "uint8",
+            "channel_order": cfg.INPUT.FORMAT,
+            "min_size_test": int(cfg.INPUT.MIN_SIZE_TEST),
+            "max_size_test": int(cfg.INPUT.MAX_SIZE_TEST),
+            "resize": "shortest edge, Pillow bilinear (detectron2's ResizeShortestEdge)",
+            "size_divisibility": int(model.backbone.size_divisibility),
+        },
+        "outputs": list(OUTPUT_NAMES),
+        "stuff_channels": list(tables.stuff_channels),
+        "thing_channels": list(tables.thing_channels),
+        "classes": classes,
+        "fusion": {
+            "score_thresh": fusion.score_thresh,
+            "overlap_thresh": fusion.overlap_thresh,
+            "stuff_area": fusion.stuff_area,
+            "stuff_area_reference": list(fusion.stuff_area_reference),
+            "mask_logit_scale": fusion.mask_logit_scale,
+            "pixel_rule": fusion.pixel_rule,
+            "learned_weights": learned,
+        },
+    }
+
+
+def write_metadata(metadata, directory):
+    path = os.path.join(directory, "metadata.json")
+    with open(path, "w") as f:
+        json.dump(metadata, f, indent=1)
+    return path
