@@ -12,8 +12,8 @@ setup(
     version="0.1.0",
     description="EfficientPS (Mohan & Valada, IJCV 2021) panoptic segmentation for detectron2",
     python_requires=">=3.9",
-    # efficientps (the detectron2 plugin) and efficientps_pq (the offline PQ command, which
-    # imports neither torch nor detectron2).
+    # efficientps (the detectron2 plugin); efficientps_pq (the offline PQ command) and
+    # efficientps_runtime (exported models under onnxruntime) import neither torch nor detectron2.
     packages=find_packages(exclude=("tests*", "benchmarks*", "configs*", "datasets*", "tools*")),
     install_requires=[
         "numpy",
@@ -29,6 +29,10 @@ setup(
         "tqdm",
         "matplotlib",
         "safetensors",  # ImageNet weights from the hub come as .safetensors (tensors only)
+        # Export (tools/export_model.py) and the torch-free runtime (efficientps_runtime).
+        "onnx",
+        "onnxscript",
+        "onnxruntime",
     ],
     # hotcoco: the Rust PQ implementation that benchmarks/pq_eval.py compares against; timm:
     # the ImageNet-weights converter is tested against timm's own EfficientNets.

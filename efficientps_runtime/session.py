@@ -1,0 +1,245 @@
+"""Run an exported EfficientPS (model.onnx + metadata.json) with onnxruntime, NumPy and OpenCV.
+
+``Session(model_dir).predict(image)`` does what detectron2's DefaultPredictor and the PyTorch
+model do around the graph: channel order, the shortest-edge resize to the test size (Pillow's
+bilinear, as detectron2's ResizeTransform), the resize of the semantic logits and boxes back to
+the image's size, and the panoptic fusion.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import List
+
+import numpy as np
+from PIL import Image
+
+from .fusion import PanopticFusion
+
+METADATA_VERSION = 1
+METADATA_KEYS = ("input", "classes", "stuff_channels", "thing_channels", "fusion", "outputs")
+
+
+class ModelFolderError(ValueError):
+    """The model folder or its metadata is not what the exporter writes."""
+
+
+class InputImageError(ValueError):
+    """An image that is not (H, W, 3) uint8."""
+
+
+def read_metadata(model_dir):
+    path = os.path.join(model_dir, "metadata.json")
+    if not os.path.isfile(path):
+        raise ModelFolderError(
+            f"{path}: no metadata.json; expected a folder written by tools/export_model.py "
+            "(model.onnx + metadata.json)"
+        )
+    try:
+        with open(path) as f:
+            metadata = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelFolderError(f"{path}: not valid JSON ({error})") from error
+    missing = [k for k in METADATA_KEYS if k not in metadata]
+    if missing:
+        raise ModelFolderError(f"{path}: missing keys {missing}")
+    if metadata.get("format_version") != METADATA_VERSION:
+        raise ModelFolderError(
+            f"{path}: format_version {metadata.get('format_version')!r}; this runtime reads "
+            f"{METADATA_VERSION}"
+        )
+    return metadata
+
+
+def resized_shape(height, width, min_size, max_size):
+    """detectron2's ResizeShortestEdge output (height, width) for one test size."""
+    if min_size == 0:
+        return height, width
+    scale = min_size * 1.0 / min(height, width)
+    if height < width:
+        new_h, new_w = min_size * 1.0, scale * width
+    else:
+        new_h, new_w = scale * height, min_size * 1.0
+    if max(new_h, new_w) > max_size:
+        scale = max_size * 1.0 / max(new_h, new_w)
+        new_h, new_w = new_h * scale, new_w * scale
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def resize_image(image, height, width):
+    """uint8 (H, W, 3) -> (height, width, 3) as detectron2's ResizeTransform (Pillow bilinear)."""
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def resize_logits(logits, height, width):
+    """(C, h, w) float32 -> (C, height, width), bilinear with half-pixel centres: the
+    arithmetic of F.interpolate(align_corners=False), which detectron2's sem_seg_postprocess
+    uses (OpenCV's resize rounds its weights to fixed point: 4e-5 off)."""
+    if logits.shape[1:] == (height, width):
+        return logits
+    rows = _linear_taps(logits.shape[1], height)
+    cols = _linear_taps(logits.shape[2], width)
+    out = _lerp(logits, rows, axis=1)
+    return _lerp(out, cols, axis=2)
+
+
+def _linear_taps(in_size, out_size):
+    """Source indices and weights of each output position (PyTorch's float32 arithmetic)."""
+    scale = np.float32(in_size / out_size)
+    source = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    source = np.maximum(source, np.float32(0))
+    low = source.astype(np.int64)  # floor: source >= 0
+    high = np.minimum(low + 1, in_size - 1)
+    frac = source - low.astype(np.float32)
+    return low, high, np.float32(1) - frac, frac
+
+
+def _lerp(array, taps, axis):
+    low, high, w_low, w_high = taps
+    shape = [1] * array.ndim
+    shape[axis] = -1
+    return np.take(array, low, axis=axis) * w_low.reshape(shape) + np.take(
+        array, high, axis=axis
+    ) * w_high.reshape(shape)
+
+
+@dataclass
+class GraphOutputs:
+    """The graph's outputs for one image, at the size the graph saw."""
+
+    sem_logits: np.ndarray  # (C, h, w)
+    boxes: np.ndarray  # (N, 4) x0, y0, x1, y1
+    scores: np.ndarray  # (N,)
+    classes: np.ndarray  # (N,) thing index
+    mask_logits: np.ndarray  # (N, M, M)
+
+
+@dataclass
+class Prediction:
+    """One image's panoptic output and what it was made from (at the image's size)."""
+
+    panoptic: np.ndarray  # (H, W) int32 segment ids, 0 = void
+    segments_info: List[dict]
+    sem_logits: np.ndarray = field(repr=False)
+    detections: GraphOutputs = field(repr=False)
+
+
+class Session:
+    """An exported EfficientPS, ready to predict.
+
+    Args:
+        model_dir: folder with model.onnx and metadata.json (tools/export_model.py).
+        providers: onnxruntime execution providers (default: CPU).
+        threads: intra-op threads (default: onnxruntime's, one per core).
+    """
+
+    def __init__(self, model_dir, providers=None, threads=None):
+        import onnxruntime
+
+        self.metadata = read_metadata(model_dir)
+        model_path = os.path.join(model_dir, self.metadata.get("model", "model.onnx"))
+        if not os.path.isfile(model_path):
+            raise ModelFolderError(
+                f"{model_path}: the ONNX model named by metadata.json is missing"
+            )
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = onnxruntime.InferenceSession(
+                model_path, options, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelFolderError(f"{model_path}: onnxruntime cannot load it ({error})") from error
+        self.input = self.metadata["input"]
+        self.fusion = PanopticFusion.from_metadata(self.metadata)
+        self.classes = {c["channel"]: c for c in self.metadata["classes"]}
+
+    def run_graph(self, image_rgb_or_bgr, channel_order="BGR"):
+        """The graph on one image after the test-size resize: (GraphOutputs, resized size)."""
+        image = checked_image(image_rgb_or_bgr)
+        if channel_order not in ("BGR", "RGB"):
+            raise InputImageError(f"channel_order={channel_order!r}; expected 'BGR' or 'RGB'")
+        if channel_order != self.input["channel_order"]:
+            image = image[:, :, ::-1]
+        height, width = resized_shape(
+            *image.shape[:2], self.input["min_size_test"], self.input["max_size_test"]
+        )
+        image = np.ascontiguousarray(resize_image(np.ascontiguousarray(image), height, width))
+        outputs = self.session.run(None, {self.input["name"]: image})
+        return GraphOutputs(*outputs), (height, width)
+
+    def predict(self, image, channel_order="BGR"):
+        """Panoptic segmentation of one (H, W, 3) uint8 image (OpenCV's BGR by default).
+
+        Returns (ids (H, W) int32, segments_info): each segment's "id" in ``ids``,
+        "category_id" in the dataset's ids, "category_name", "isthing", "area" and, for
+        things, "score".
+        """
+        prediction = self.predict_full(image, channel_order)
+        return prediction.panoptic, prediction.segments_info
+
+    def predict_full(self, image, channel_order="BGR"):
+        """``predict`` with the logits and detections it fused (a ``Prediction``)."""
+        outputs, (height, width) = self.run_graph(image, channel_order)
+        out_h, out_w = np.asarray(image).shape[:2]
+        sem_logits = resize_logits(outputs.sem_logits, out_h, out_w)
+        detections = _rescaled_detections(outputs, (height, width), (out_h, out_w))
+        panoptic, segments = self.fusion(
+            sem_logits,
+            detections.boxes,
+            detections.scores,
+            detections.classes,
+            detections.mask_logits,
+        )
+        return Prediction(panoptic, self.dataset_segments(segments), sem_logits, detections)
+
+    def dataset_segments(self, segments):
+        """Fusion segments (semantic channels) -> the dataset's category ids and names."""
+        records = []
+        for s in segments:
+            entry = self.classes[s["category_id"]]
+            record = {
+                "id": int(s["id"]),
+                "category_id": int(entry["dataset_id"]),
+                "category_name": entry["name"],
+                "isthing": bool(s["isthing"]),
+                "area": int(s["area"]),
+            }
+            if "score" in s:
+                record["score"] = float(s["score"])
+            records.append(record)
+        return records
+
+
+def checked_image(image):
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise InputImageError(f"expected a uint8 image, got dtype {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InputImageError(f"expected an (H, W, 3) colour image, got shape {image.shape}")
+    if min(image.shape[:2]) < 1:
+        raise InputImageError(f"empty image of shape {image.shape}")
+    return image
+
+
+def _rescaled_detections(outputs, graph_size, output_size):
+    """detectron2's detector_postprocess: boxes scaled to the output size, clipped, and
+    detections whose box became empty dropped."""
+    (height, width), (out_h, out_w) = graph_size, output_size
+    boxes = outputs.boxes.astype(np.float32).copy()
+    if (height, width) != (out_h, out_w):
+        boxes[:, 0::2] *= np.float32(out_w / width)
+        boxes[:, 1::2] *= np.float32(out_h / height)
+    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, out_w)
+    boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, out_h)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return GraphOutputs(
+        outputs.sem_logits,
+        boxes[keep],
+        outputs.scores[keep],
+        outputs.classes[keep],
+        outputs.mask_logits[keep],
+    )

@@ -1,0 +1,273 @@
+"""tools/export_model.py + efficientps_runtime: the exported model reproduces the PyTorch model.
+
+A small demo model (EfficientNet-B0, 64 x 128 test size) with randomised statistics and every
+detection kept is exported; the runtime (onnxruntime + NumPy fusion) must give the PyTorch
+predictor's segments on the val images, its logits to 1e-4, and run with torch and detectron2
+unimportable. The NumPy fusion is checked against the PyTorch fusion on the same inputs for
+every pixel rule and the learned weights.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from efficientps.data import synthetic
+from efficientps.data.datasets import register_synthetic_panoptic
+from efficientps.demo import PanopticPredictor, setup_cfg
+from efficientps.export import ExportError, export_onnx
+from efficientps.modeling.meta_arch.mask_paste import BoxMaskLogits
+from efficientps.modeling.meta_arch.panoptic_fusion import fuse_panoptic
+from efficientps_runtime import InputImageError, ModelFolderError, PanopticFusion, Session
+from efficientps_runtime.session import resize_logits, resized_shape
+
+from .helpers import CONFIGS, REPO, randomise_batchnorm
+
+DEMO_CONFIG = str(CONFIGS / "demo" / "efficientps_synthetic_cpu.yaml")
+EXPORT_TOOL = str(REPO / "tools" / "export_model.py")
+# Random weights score every class low: keep the detections so that the instance path runs.
+SMALL = [
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.05", "MODEL.EFFICIENTPS.FUSION_SCORE_THRESH", "0.05",
+    "TEST.DETECTIONS_PER_IMAGE", "12", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128",
+]  # fmt: skip
+
+
+def load_export_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_model", EXPORT_TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Val images, a checkpoint of a small random demo model, and its export."""
+    root = tmp_path_factory.mktemp("deploy")
+    synthetic.generate_split(str(root / "synthetic"), "val", 4, seed=3, size=(64, 128),
+                             progress=False)  # fmt: skip
+    name = f"synth_deploy_{uuid.uuid4().hex[:6]}"
+    register_synthetic_panoptic(name, str(root / "synthetic"), "val")
+    opts = [*SMALL, "DATASETS.TEST", f"('{name}',)", "DATASETS.TRAIN", f"('{name}',)"]
+    torch.manual_seed(0)
+    model = build_model(setup_cfg(DEMO_CONFIG, opts))
+    randomise_batchnorm(model)
+    weights = root / "model.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    opts += ["MODEL.WEIGHTS", str(weights)]
+    images = sorted((root / "synthetic" / "leftImg8bit" / "val" / "synth").glob("*.png"))
+    model_dir = root / "exported"
+    report = load_export_tool().main(
+        ["--config-file", DEMO_CONFIG, "--output", str(model_dir),
+         "--sample-image", str(images[0]), *opts]
+    )  # fmt: skip
+    predictor = PanopticPredictor(setup_cfg(DEMO_CONFIG, opts))
+    return model_dir, images, predictor, report
+
+
+def test_export_writes_model_and_metadata_and_checks_itself(exported):
+    model_dir, _, predictor, report = exported
+    assert sorted(os.listdir(model_dir)) == ["metadata.json", "model.onnx"]
+    metadata = json.loads((model_dir / "metadata.json").read_text())
+    assert metadata["input"]["channel_order"] == "RGB"
+    assert metadata["thing_channels"] == list(predictor.model.class_tables.thing_channels)
+    dataset_ids = {c["id"] for c in synthetic.CATEGORIES}
+    assert {c["dataset_id"] for c in metadata["classes"]} == dataset_ids
+    assert report["identical panoptic pixels (%)"] >= 99.9
+    assert report["semantic logits (max abs diff / max abs)"] < 1e-4
+
+
+def same_segments(ids_a, segments_a, ids_b, segments_b):
+    """The same segments (category, thing or stuff) covering at least 99.9% the same pixels."""
+    key_a = {s["id"]: (s["category_id"], s["isthing"]) for s in segments_a}
+    key_b = {s["id"]: (s["category_id"], s["isthing"]) for s in segments_b}
+    assert sorted(key_a.values()) == sorted(key_b.values())
+    matched = 0
+    for id_a, key in key_a.items():
+        inside = ids_a == id_a
+        ids, counts = np.unique(ids_b[inside], return_counts=True)
+        best = ids[np.argmax(counts)]
+        assert key_b.get(int(best)) == key
+        matched += counts.max()
+    matched += np.sum((ids_a == 0) & (ids_b == 0))
+    assert matched / ids_a.size >= 0.999
+
+
+def test_runtime_reproduces_the_pytorch_predictor_on_the_val_images(exported):
+    model_dir, images, predictor, _ = exported
+    session = Session(model_dir)
+    things = 0
+    for path in images:
+        for image in (cv2.imread(str(path)), cv2.resize(cv2.imread(str(path)), (200, 90))):
+            with torch.no_grad():
+                reference = predictor(image)
+            prediction = session.predict_full(image)
+            sem = reference["sem_seg"].numpy()
+            scale = np.abs(sem).max()
+            assert np.abs(prediction.sem_logits - sem).max() <= 1e-4 * scale
+            instances = reference["instances"]
+            assert len(prediction.detections.scores) == len(instances)
+            np.testing.assert_allclose(
+                prediction.detections.boxes, instances.pred_boxes.tensor.numpy(), atol=1e-3
+            )
+            masks = instances.pred_mask_logits[:, 0].numpy()
+            assert (
+                np.abs(prediction.detections.mask_logits - masks).max()
+                <= 1e-4 * np.abs(masks).max()
+            )
+            ids, segments = reference["panoptic_seg"]
+            to_dataset = {c["channel"]: c["dataset_id"] for c in session.metadata["classes"]}
+            segments = [{**s, "category_id": to_dataset[s["category_id"]]} for s in segments]
+            same_segments(ids.numpy(), segments, prediction.panoptic, prediction.segments_info)
+            things += sum(s["isthing"] for s in segments)
+    assert things > 0  # the instance path ran
+
+
+def test_graph_takes_other_sizes_than_it_was_recorded_at(exported):
+    """Dynamic H and W inside the graph (the runtime resizes to the test size first)."""
+    model_dir, images, predictor, _ = exported
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(model_dir / "model.onnx"))
+    from efficientps.export import exportable_copy
+
+    wrapper = exportable_copy(predictor.model)
+    image = cv2.imread(str(images[1]))[:, :, ::-1]
+    for height, width in ((64, 128), (96, 160), (130, 250)):
+        resized = np.ascontiguousarray(cv2.resize(image, (width, height)))
+        with torch.no_grad():
+            expected = [t.numpy() for t in wrapper(torch.as_tensor(resized))]
+        got = session.run(None, {"image": resized})
+        assert got[0].shape == expected[0].shape == (8, height, width)
+        assert np.abs(got[0] - expected[0]).max() <= 1e-4 * np.abs(expected[0]).max()
+        assert len(got[2]) == len(expected[2]) > 0
+        # Random weights give near-equal scores, whose order float rounding may swap: each
+        # detection is matched to the runtime's with the nearest box.
+        for box, score, label, mask in zip(*expected[1:]):
+            j = np.abs(got[1] - box).sum(1).argmin()
+            assert np.abs(got[1][j] - box).max() <= 1e-3 and got[3][j] == label
+            assert abs(got[2][j] - score) <= 1e-5
+            assert np.abs(got[4][j] - mask).max() <= 1e-4 * np.abs(mask).max()
+
+
+def test_runtime_runs_without_torch_and_detectron2(exported, tmp_path):
+    model_dir, images, _, _ = exported
+    blocked = (
+        "import sys, runpy\n"
+        "for name in ('torch', 'torchvision', 'detectron2', 'efficientps'):\n"
+        "    sys.modules[name] = None  # import fails\n"
+        "sys.argv = ['efficientps_runtime'] + sys.argv[1:]\n"
+        "runpy.run_module('efficientps_runtime', run_name='__main__')\n"
+    )
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-c", blocked, "--model", str(model_dir), "--input",
+         str(images[0].parent), "--output", str(out)],
+        capture_output=True, text=True, cwd=str(REPO), timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for path in images:
+        stem = out / path.stem
+        ids = cv2.imread(f"{stem}_panoptic.png")[..., ::-1].astype(np.int64)
+        ids = ids[..., 0] + 256 * ids[..., 1] + 65536 * ids[..., 2]
+        segments = json.loads(open(f"{stem}_panoptic.json").read())["segments_info"]
+        assert set(np.unique(ids).tolist()) - {0} == {s["id"] for s in segments}
+        assert cv2.imread(f"{stem}_vis.png").shape == (64, 128, 3)
+
+
+def test_bad_inputs_get_clear_errors(exported, tmp_path):
+    model_dir, _, predictor, _ = exported
+    session = Session(model_dir)
+    with pytest.raises(InputImageError, match="uint8"):
+        session.predict(np.zeros((64, 128, 3), np.float32))
+    with pytest.raises(InputImageError, match=r"\(H, W, 3\)"):
+        session.predict(np.zeros((64, 128), np.uint8))
+    with pytest.raises(InputImageError, match=r"\(H, W, 3\)"):
+        session.predict(np.zeros((64, 128, 4), np.uint8))
+    with pytest.raises(ModelFolderError, match="metadata.json"):
+        Session(tmp_path)
+    (tmp_path / "metadata.json").write_text("{not json")
+    with pytest.raises(ModelFolderError, match="not valid JSON"):
+        Session(tmp_path)
+    with pytest.raises(ExportError, match="META_ARCHITECTURE"):
+        export_onnx(torch.nn.Conv2d(3, 3, 1), np.zeros((64, 64, 3), np.uint8), "x.onnx")
+    with pytest.raises(ExportError, match="opset"):
+        export_onnx(predictor.model, np.zeros((64, 64, 3), np.uint8), "x.onnx", opset=11)
+    with pytest.raises(ExportError, match="--format torch_export"):
+        load_export_tool().main(
+            ["--config-file", DEMO_CONFIG, "--output", str(tmp_path), "--format", "torch_export"]
+        )
+
+
+def random_fusion_inputs(seed, height=48, width=80, detections=6, channels=7, things=(4, 5, 6)):
+    rng = np.random.default_rng(seed)
+    sem = rng.normal(0, 2, (channels, height, width)).astype(np.float32)
+    x0 = rng.uniform(-5, width - 10, detections)
+    y0 = rng.uniform(-5, height - 10, detections)
+    boxes = np.stack(
+        [x0, y0, x0 + rng.uniform(4, 40, detections), y0 + rng.uniform(4, 30, detections)], 1
+    ).astype(np.float32)
+    scores = rng.uniform(0.3, 1.0, detections).astype(np.float32)
+    classes = rng.integers(0, len(things), detections)
+    masks = rng.normal(0, 3, (detections, 28, 28)).astype(np.float32)
+    return sem, boxes, scores, classes, masks
+
+
+@pytest.mark.parametrize("pixel_rule", ["argmax", "owner", "authors"])
+@pytest.mark.parametrize("learned", [False, True])
+def test_numpy_fusion_equals_the_pytorch_fusion(pixel_rule, learned):
+    stuff, things = (0, 1, 2, 3), (4, 5, 6)
+    for seed in range(4):
+        sem, boxes, scores, classes, masks = random_fusion_inputs(seed, things=things)
+        weights = None
+        if learned:
+            weights = np.random.default_rng(seed).uniform(0.5, 1.5, (len(things), 4))
+            weights = weights.astype(np.float32)
+        settings = dict(score_thresh=0.5, overlap_thresh=0.5, mask_logit_scale=2.0)
+        fusion = PanopticFusion(
+            stuff_channels=stuff, thing_channels=things, stuff_area=30,
+            stuff_area_reference=(48, 80), pixel_rule=pixel_rule, learned_weights=weights,
+            **settings,
+        )  # fmt: skip
+        ids, segments = fusion(sem, boxes, scores, classes, masks)
+        confident = scores >= 0.5
+        t = {k: torch.as_tensor(v[confident]) for k, v in
+             dict(boxes=boxes, scores=scores, classes=classes, masks=masks).items()}  # fmt: skip
+        instance_weights = None if weights is None else torch.as_tensor(weights)[t["classes"]]
+        expected_ids, expected = fuse_panoptic(
+            torch.as_tensor(sem), BoxMaskLogits(t["masks"], t["boxes"], 48, 80), t["boxes"],
+            t["classes"], t["scores"], stuff_channels=stuff, thing_channels=things,
+            stuff_area=30, instance_weights=instance_weights, pixel_rule=pixel_rule, **settings,
+        )  # fmt: skip
+        assert np.array_equal(ids, expected_ids.numpy())
+        rows = np.nonzero(confident)[0]
+        for s in expected:
+            if s["isthing"]:
+                s["instance_index"] = int(rows[s["instance_index"]])
+        assert [{k: v for k, v in s.items() if k != "score"} for s in segments] == [
+            {k: v for k, v in s.items() if k != "score"} for s in expected
+        ]
+        assert any(s["isthing"] for s in segments)
+
+
+def test_resize_helpers_match_detectron2():
+    from detectron2.data.transforms import ResizeShortestEdge
+    from torch.nn import functional as F
+
+    for height, width in ((1024, 2048), (375, 1242), (480, 640), (900, 700)):
+        augmentation = ResizeShortestEdge([512, 512], 1024)
+        transform = augmentation.get_transform(np.zeros((height, width, 3), np.uint8))
+        assert resized_shape(height, width, 512, 1024) == (transform.new_h, transform.new_w)
+    logits = np.random.default_rng(0).normal(0, 3, (5, 33, 61)).astype(np.float32)
+    for size in ((66, 122), (20, 40), (33, 61)):
+        expected = F.interpolate(torch.as_tensor(logits)[None], size=size, mode="bilinear",
+                                 align_corners=False)[0].numpy()  # fmt: skip
+        np.testing.assert_allclose(resize_logits(logits, *size), expected, atol=1e-5)

@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""Export a trained EfficientPS for the torch-free runtime, and check the export.
+
+    python tools/export_model.py --config-file CFG --output DIR [--sample-image IMG] \
+        [--format onnx] MODEL.WEIGHTS path/to/model_final.pth [KEY VALUE ...]
+
+Writes DIR/model.onnx and DIR/metadata.json (see efficientps/export.py for what is inside the
+graph), then runs the exported model with ``efficientps_runtime`` on the sample image (or on a
+generated one at the test size) next to the PyTorch model and prints the largest differences
+and the share of identical panoptic pixels. Run it with ``python -m efficientps_runtime``.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import cv2
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from efficientps.demo import PanopticPredictor, setup_cfg  # noqa: E402
+from efficientps.export import ExportError, export_metadata, export_onnx, write_metadata  # noqa
+from efficientps_runtime import Session  # noqa: E402
+
+FORMATS = ("onnx", "torch_export")
+
+
+def sample_image(path, cfg):
+    """The given image (BGR), or a textured one at the test size."""
+    if path:
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise FileNotFoundError(f"--sample-image {path}: not an image OpenCV can read")
+        return image
+    height = cfg.INPUT.MIN_SIZE_TEST or 512
+    width = min(2 * height, cfg.INPUT.MAX_SIZE_TEST or 2 * height)
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 256, (max(height // 16, 1), max(width // 16, 1), 3), np.uint8)
+    return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def compare(predictor, session, image_bgr):
+    """Largest differences between the PyTorch model and the runtime on one image."""
+    with torch.no_grad():
+        reference = predictor(image_bgr)
+    prediction = session.predict_full(image_bgr, channel_order="BGR")
+    sem = reference["sem_seg"].numpy()
+    instances = reference["instances"]
+    report = {
+        "semantic logits (max abs diff / max abs)": _relative(prediction.sem_logits, sem),
+        "detections (PyTorch, runtime)": (len(instances), len(prediction.detections.scores)),
+    }
+    if len(instances) == len(prediction.detections.scores) and len(instances):
+        report["boxes (max abs diff, px)"] = float(
+            np.abs(prediction.detections.boxes - instances.pred_boxes.tensor.numpy()).max()
+        )
+        report["mask logits (max abs diff / max abs)"] = _relative(
+            prediction.detections.mask_logits, instances.pred_mask_logits[:, 0].numpy()
+        )
+    ids = reference["panoptic_seg"][0].numpy()
+    report["identical panoptic pixels (%)"] = 100.0 * _same_segmentation(ids, prediction.panoptic)
+    return report
+
+
+def _relative(got, expected):
+    return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-12))
+
+
+def _same_segmentation(ids_a, ids_b):
+    """Share of pixels whose segment corresponds (ids may be numbered differently)."""
+    pairs, counts = np.unique(
+        np.stack([ids_a.ravel(), ids_b.ravel()]).astype(np.int64), axis=1, return_counts=True
+    )
+    best = {}
+    for (a, b), count in zip(pairs.T.tolist(), counts.tolist()):
+        if count > best.get(a, (None, 0))[1]:
+            best[a] = (b, count)
+    return sum(count for _, count in best.values()) / ids_a.size
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--output", required=True, help="folder for model.onnx + metadata.json")
+    parser.add_argument("--format", default="onnx", choices=FORMATS)
+    parser.add_argument("--sample-image", help="image to record the graph with and check on")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs (MODEL.WEIGHTS)")
+    args = parser.parse_args(argv)
+    if args.format != "onnx":
+        raise ExportError(
+            f"--format {args.format}: not supported. torch.export cannot capture detectron2's "
+            "data-dependent RPN/ROI code (proposal counts, NMS); use --format onnx"
+        )
+    cfg = setup_cfg(args.config_file, ["MODEL.DEVICE", "cpu"] + list(args.opts))
+    if not cfg.MODEL.WEIGHTS:
+        raise ExportError("MODEL.WEIGHTS: give the trained weights to export")
+    predictor = PanopticPredictor(cfg)
+    image = sample_image(args.sample_image, cfg)
+    os.makedirs(args.output, exist_ok=True)
+    metadata = export_metadata(cfg, predictor.model)
+    # The graph is recorded on the image as the runtime will feed it (resized, channel order).
+    session_input = _graph_input(image, metadata["input"])
+    start = time.perf_counter()
+    export_onnx(predictor.model, session_input, os.path.join(args.output, "model.onnx"), args.opset)
+    write_metadata(metadata, args.output)
+    print(
+        f"wrote {args.output}/model.onnx and metadata.json in {time.perf_counter() - start:.1f} s"
+    )
+    session = Session(args.output)
+    report = compare(predictor, session, image)
+    for name, value in report.items():
+        print(f"  {name}: {value}")
+    return report
+
+
+def _graph_input(image_bgr, input_spec):
+    from efficientps_runtime.session import resize_image, resized_shape
+
+    image = image_bgr if input_spec["channel_order"] == "BGR" else image_bgr[:, :, ::-1]
+    height, width = resized_shape(
+        *image.shape[:2], input_spec["min_size_test"], input_spec["max_size_test"]
+    )
+    return np.ascontiguousarray(resize_image(np.ascontiguousarray(image), height, width))
+
+
+if __name__ == "__main__":
+    main()
