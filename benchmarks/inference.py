@@ -14,6 +14,10 @@ detections per image (random weights would otherwise give each a different numbe
   user path        what a user runs: build_model(cfg), DetectionCheckpointer(model).load(file),
                    model.eval(), model(inputs) -- default config, no other call
   user path, bf16  the same with MODEL.EFFICIENTPS.INFERENCE_DTYPE bfloat16
+  onnxruntime      the exported model (tools/export_model.py's export) under efficientps_runtime:
+                   uint8 image in, panoptic out, NumPy fusion included (test size = the input)
+  torch.compile    the user path with its norms folded (fold_for_export) and the backbone and
+                   semantic head compiled by torch.compile (compilation in the warm-up)
 Outputs of each variant are compared with the plain model's (same panoptic ids, semantic logits)
 in a separate child process.
 """
@@ -37,10 +41,10 @@ from common import (
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from efficientps.modeling import configure_inference
+from efficientps.modeling import configure_inference, fold_for_export
 
 DETECTIONS = 50
-VARIANTS = ["plain", "user path", "user path, bf16"]
+VARIANTS = ["plain", "user path", "user path, bf16", "onnxruntime", "torch.compile"]
 
 
 def efficientps_variant_cfg(variant, device="cpu"):
@@ -83,6 +87,47 @@ def build_variant(kind, variant, device="cpu"):
     return model
 
 
+def build_predict(kind, variant, height, width, device="cpu"):
+    """A function of the benchmark's inputs returning (panoptic ids, semantic logits)."""
+    if kind == "efficientps" and variant == "onnxruntime":
+        return onnxruntime_predict(height, width)
+    model = build_variant(kind, variant, device)
+    if kind == "efficientps" and variant == "torch.compile":
+        fold_for_export(model)
+        model.backbone = torch.compile(model.backbone)
+        model.sem_seg_head = torch.compile(model.sem_seg_head)
+
+    def predict(inputs):
+        output = model(inputs)[0]
+        return output["panoptic_seg"][0], output["sem_seg"]
+
+    return predict
+
+
+def onnxruntime_predict(height, width):
+    from efficientps.export import export_metadata, export_onnx, write_metadata
+    from efficientps_runtime import Session
+
+    opts = ["INPUT.MIN_SIZE_TEST", str(min(height, width)), "INPUT.MAX_SIZE_TEST",
+            str(max(height, width))]  # fmt: skip
+    cfg = efficientps_variant_cfg("user path")
+    cfg.merge_from_list(opts)
+    model = build(cfg)
+    folder = tempfile.mkdtemp()
+    image = make_inputs(height, width)[0]["image"].byte().permute(1, 2, 0).contiguous().numpy()
+    export_onnx(model, image, os.path.join(folder, "model.onnx"))
+    write_metadata(export_metadata(cfg, model), folder)
+    session = Session(folder)
+    order = cfg.INPUT.FORMAT
+
+    def predict(inputs):
+        hwc = inputs[0]["image"].byte().permute(1, 2, 0).contiguous().numpy()
+        prediction = session.predict_full(hwc, channel_order=order)
+        return torch.as_tensor(prediction.panoptic), torch.as_tensor(prediction.sem_logits)
+
+    return predict
+
+
 def make_inputs(height, width):
     torch.manual_seed(0)
     image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8).float()
@@ -92,9 +137,9 @@ def make_inputs(height, width):
 def timing_worker(kind, variant, height, width, runs, device="cpu"):
     """Latency and peak RSS of one variant alone in this process."""
     inputs = make_inputs(height, width)
-    model = build_variant(kind, variant, device)
+    predict = build_predict(kind, variant, height, width, device)
     with torch.no_grad():
-        seconds, times = median_seconds(lambda: model(inputs), runs=runs, device=device)
+        seconds, times = median_seconds(lambda: predict(inputs), runs=runs, device=device)
     return {"seconds": seconds, "times": times, "peak_rss_mb": peak_memory_mb(device)}
 
 
@@ -102,16 +147,25 @@ def check_worker(kind, variant, height, width, device="cpu"):
     """Outputs of the variant against the plain model (its own process: memory not counted)."""
     inputs = make_inputs(height, width)
     with torch.no_grad():
-        reference = build_variant(kind, "plain", device)(inputs)[0]
-        output = build_variant(kind, variant, device)(inputs)[0]
-    same = torch.equal(reference["panoptic_seg"][0], output["panoptic_seg"][0])
-    difference = float((reference["sem_seg"] - output["sem_seg"]).abs().max())
-    differing = reference["panoptic_seg"][0] != output["panoptic_seg"][0]
+        reference_ids, reference_sem = build_predict(kind, "plain", height, width, device)(inputs)
+        ids, sem = build_predict(kind, variant, height, width, device)(inputs)
+    same = _same_segmentation(reference_ids, ids)
     return {
-        "same_panoptic": bool(same),
-        "sem_logit_diff": difference,
-        "pixels": float(differing.float().mean()),
+        "same_panoptic": bool(same == 1.0),
+        "sem_logit_diff": float((reference_sem - sem).abs().max()),
+        "pixels": 1.0 - same,
     }
+
+
+def _same_segmentation(ids_a, ids_b):
+    """Share of pixels in corresponding segments (the runtime may number segments alike or not:
+    each segment of a is matched to the segment of b it overlaps most)."""
+    pairs = torch.stack([ids_a.flatten().long(), ids_b.flatten().long()])
+    unique, counts = torch.unique(pairs, dim=1, return_counts=True)
+    best = {}
+    for (a, _), count in zip(unique.T.tolist(), counts.tolist()):
+        best[a] = max(best.get(a, 0), count)
+    return sum(best.values()) / ids_a.numel()
 
 
 def run_child(kind, variant, size, runs, mode="time", device="cpu"):
@@ -123,6 +177,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["1024x2048", "512x1024"])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "VARIANT", "SIZE"))
     parser.add_argument("--check", action="store_true", help="worker: compare with plain")
     parser.add_argument(
@@ -143,7 +198,7 @@ def main(argv=None):
     for size in args.sizes:
         baseline = run_child("panoptic_fpn", "plain", size, args.runs, device=args.device)
         results = [("Panoptic FPN R50", baseline, None)]
-        for variant in VARIANTS:
+        for variant in args.variants:
             timing = run_child("efficientps", variant, size, args.runs, device=args.device)
             check = None
             if variant != "plain":

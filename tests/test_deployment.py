@@ -271,3 +271,35 @@ def test_resize_helpers_match_detectron2():
         expected = F.interpolate(torch.as_tensor(logits)[None], size=size, mode="bilinear",
                                  align_corners=False)[0].numpy()  # fmt: skip
         np.testing.assert_allclose(resize_logits(logits, *size), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "Cityscapes-PanopticSegmentation/efficientps_b5_2wayfpn_bs16_1024x2048.yaml",
+        "Cityscapes-PanopticSegmentation/efficientps_b5_official.yaml",
+    ],
+)
+def test_paper_and_official_configs_export(config, tmp_path):
+    """EfficientNet-B5 with the paper's ROIAlignV2 (opset 16+) and the authors' unaligned
+    ROIAlign, at a small test size: the graph gives the PyTorch model's outputs."""
+    import onnxruntime
+
+    from efficientps.export import exportable_copy
+
+    cfg = setup_cfg(str(CONFIGS / config), ["MODEL.DEVICE", "cpu", *SMALL])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    randomise_batchnorm(model)
+    image = np.random.default_rng(0).integers(0, 256, (64, 128, 3), np.uint8)
+    export_onnx(model, image, str(tmp_path / "model.onnx"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+    with torch.no_grad():
+        expected = [t.numpy() for t in exportable_copy(model)(torch.as_tensor(image))]
+    got = session.run(None, {"image": image})
+    assert np.abs(got[0] - expected[0]).max() <= 1e-4 * np.abs(expected[0]).max()
+    assert len(got[2]) == len(expected[2]) > 0
+    for box, score, label, mask in zip(*expected[1:]):
+        j = np.abs(got[1] - box).sum(1).argmin()
+        assert np.abs(got[1][j] - box).max() <= 1e-3 and got[3][j] == label
+        assert np.abs(got[4][j] - mask).max() <= 1e-4 * np.abs(mask).max()
