@@ -303,3 +303,43 @@ def test_paper_and_official_configs_export(config, tmp_path):
         j = np.abs(got[1] - box).sum(1).argmin()
         assert np.abs(got[1][j] - box).max() <= 1e-3 and got[3][j] == label
         assert np.abs(got[4][j] - mask).max() <= 1e-4 * np.abs(mask).max()
+
+
+@pytest.mark.slow
+def test_trained_model_exports_with_the_pytorch_segments(tmp_path):
+    """Trained weights (random ones make near-ties): the tiny demo trained for 150 iterations
+    in this process, exported, and checked by the export tool on its val images."""
+    from .helpers import load_train_net
+
+    root = tmp_path / "datasets"
+    for split, count in (("train", 12), ("val", 4)):
+        synthetic.generate_split(str(root / "synthetic"), split, count, seed=1, size=(64, 128),
+                                 progress=False)  # fmt: skip
+    names = {}
+    for split in ("train", "val"):
+        names[split] = f"synth_deploy_{split}_{uuid.uuid4().hex[:6]}"
+        register_synthetic_panoptic(names[split], str(root / "synthetic"), split)
+    common = [
+        "INPUT.CROP.SIZE", "[64, 128]", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128",
+        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "128", "SOLVER.IMS_PER_BATCH",
+        "2", "DATALOADER.NUM_WORKERS", "0", "DATASETS.TRAIN", f"('{names['train']}',)",
+        "DATASETS.TEST", f"('{names['val']}',)",
+    ]  # fmt: skip
+    train_net = load_train_net()
+    train_net.main(train_net.parse_args(
+        ["--config-file", DEMO_CONFIG, *common, "OUTPUT_DIR", str(tmp_path / "train"),
+         "SOLVER.MAX_ITER", "150", "SOLVER.STEPS", "(120,)", "TEST.EVAL_PERIOD", "0"]
+    ))  # fmt: skip
+    images = str(root / "synthetic" / "leftImg8bit" / "*" / "synth" / "*.png")
+    report = load_export_tool().main(
+        ["--config-file", DEMO_CONFIG, "--output", str(tmp_path / "exported"),
+         "--check-images", images, *common,
+         "MODEL.WEIGHTS", str(tmp_path / "train" / "model_final.pth")]
+    )  # fmt: skip
+    worst = report["check images"]
+    assert worst["images"] == 16
+    assert worst["min identical panoptic pixels (%)"] >= 99.9
+    assert worst["max semantic logit diff (relative)"] <= 1e-4
+    assert worst["max mask logit diff (relative)"] <= 1e-4
+    assert worst["images with another detection count"] == 0
+    assert worst["detections (PyTorch)"] > 0

@@ -11,6 +11,7 @@ and the share of identical panoptic pixels. Run it with ``python -m efficientps_
 """
 
 import argparse
+import glob
 import os
 import sys
 import time
@@ -18,6 +19,7 @@ import time
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -87,6 +89,9 @@ def main(argv=None):
     parser.add_argument("--output", required=True, help="folder for model.onnx + metadata.json")
     parser.add_argument("--format", default="onnx", choices=FORMATS)
     parser.add_argument("--sample-image", help="image to record the graph with and check on")
+    parser.add_argument(
+        "--check-images", nargs="+", default=[], help="also compare on these files/globs"
+    )
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs (MODEL.WEIGHTS)")
     args = parser.parse_args(argv)
@@ -112,9 +117,42 @@ def main(argv=None):
     )
     session = Session(args.output)
     report = compare(predictor, session, image)
+    print("check on the sample image:")
     for name, value in report.items():
         print(f"  {name}: {value}")
+    if args.check_images:
+        report["check images"] = check_images(predictor, session, args.check_images)
     return report
+
+
+def check_images(predictor, session, patterns):
+    """``compare`` over many images; prints and returns the worst case of each measure."""
+    paths = sorted({p for pattern in patterns for p in glob.glob(os.path.expanduser(pattern))})
+    if not paths:
+        raise FileNotFoundError(f"--check-images {patterns}: no file matches")
+    worst = {"images": len(paths), "min identical panoptic pixels (%)": 100.0,
+             "max semantic logit diff (relative)": 0.0, "max mask logit diff (relative)": 0.0,
+             "images with another detection count": 0, "detections (PyTorch)": 0}  # fmt: skip
+    for path in tqdm(paths, desc="export check", unit="image"):
+        report = compare(predictor, session, cv2.imread(path, cv2.IMREAD_COLOR))
+        worst["min identical panoptic pixels (%)"] = min(
+            worst["min identical panoptic pixels (%)"], report["identical panoptic pixels (%)"]
+        )
+        worst["max semantic logit diff (relative)"] = max(
+            worst["max semantic logit diff (relative)"],
+            report["semantic logits (max abs diff / max abs)"],
+        )
+        worst["max mask logit diff (relative)"] = max(
+            worst["max mask logit diff (relative)"],
+            report.get("mask logits (max abs diff / max abs)", 0.0),
+        )
+        count = report["detections (PyTorch, runtime)"]
+        worst["images with another detection count"] += count[0] != count[1]
+        worst["detections (PyTorch)"] += count[0]
+    print(f"check on {len(paths)} images (worst case of each):")
+    for name, value in worst.items():
+        print(f"  {name}: {value}")
+    return worst
 
 
 def _graph_input(image_bgr, input_spec):
