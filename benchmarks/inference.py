@@ -15,7 +15,8 @@ detections per image (random weights would otherwise give each a different numbe
                    model.eval(), model(inputs) -- default config, no other call
   user path, bf16  the same with MODEL.EFFICIENTPS.INFERENCE_DTYPE bfloat16
   onnxruntime      the exported model (tools/export_model.py's export) under efficientps_runtime:
-                   uint8 image in, panoptic out, NumPy fusion included (test size = the input)
+                   uint8 image in, panoptic out, NumPy fusion included (test size = the input),
+                   timed in a process without torch (benchmarks/runtime_worker.py)
   torch.compile    the user path with its norms folded (fold_for_export) and the backbone and
                    semantic head compiled by torch.compile (compilation in the warm-up)
 Outputs of each variant are compared with the plain model's (same panoptic ids, semantic logits)
@@ -27,6 +28,7 @@ import json
 import os
 import tempfile
 
+import numpy as np
 import torch
 from common import (
     build,
@@ -104,21 +106,27 @@ def build_predict(kind, variant, height, width, device="cpu"):
     return predict
 
 
-def onnxruntime_predict(height, width):
+def export_for_runtime(height, width, folder):
+    """The benchmark's EfficientPS (seeded weights) exported to ``folder`` with its input image
+    (image.npy) for benchmarks/runtime_worker.py; the test size is the input's size."""
     from efficientps.export import export_metadata, export_onnx, write_metadata
-    from efficientps_runtime import Session
 
-    opts = ["INPUT.MIN_SIZE_TEST", str(min(height, width)), "INPUT.MAX_SIZE_TEST",
-            str(max(height, width))]  # fmt: skip
     cfg = efficientps_variant_cfg("user path")
-    cfg.merge_from_list(opts)
+    cfg.merge_from_list(["INPUT.MIN_SIZE_TEST", str(min(height, width)),
+                         "INPUT.MAX_SIZE_TEST", str(max(height, width))])  # fmt: skip
     model = build(cfg)
-    folder = tempfile.mkdtemp()
     image = make_inputs(height, width)[0]["image"].byte().permute(1, 2, 0).contiguous().numpy()
     export_onnx(model, image, os.path.join(folder, "model.onnx"))
     write_metadata(export_metadata(cfg, model), folder)
-    session = Session(folder)
-    order = cfg.INPUT.FORMAT
+    np.save(os.path.join(folder, "image.npy"), image)
+    return folder
+
+
+def onnxruntime_predict(height, width):
+    from efficientps_runtime import Session
+
+    session = Session(export_for_runtime(height, width, tempfile.mkdtemp()))
+    order = session.metadata["input"]["channel_order"]
 
     def predict(inputs):
         hwc = inputs[0]["image"].byte().permute(1, 2, 0).contiguous().numpy()
@@ -169,6 +177,22 @@ def _same_segmentation(ids_a, ids_b):
 
 
 def run_child(kind, variant, size, runs, mode="time", device="cpu"):
+    if variant == "onnxruntime" and mode == "time":
+        # Exported in one process, timed in another that never imports torch.
+        with tempfile.TemporaryDirectory() as folder:
+            run_worker(__file__, ["--export", size, folder])
+            runtime = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runtime_worker.py")
+            return run_worker(
+                runtime,
+                [
+                    "--model",
+                    folder,
+                    "--image",
+                    os.path.join(folder, "image.npy"),
+                    "--runs",
+                    str(runs),
+                ],
+            )
     arguments = ["--worker", kind, variant, size, "--runs", str(runs), "--device", device]
     return run_worker(__file__, arguments + (["--check"] if mode == "check" else []))
 
@@ -180,10 +204,15 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "VARIANT", "SIZE"))
     parser.add_argument("--check", action="store_true", help="worker: compare with plain")
+    parser.add_argument("--export", nargs=2, metavar=("SIZE", "DIR"), help="worker: export")
     parser.add_argument(
         "--device", default="cpu", help="cpu or cuda (GPU: memory is CUDA's peak allocation)"
     )
     args = parser.parse_args(argv)
+    if args.export:
+        height, width = map(int, args.export[0].split("x"))
+        print(json.dumps({"folder": export_for_runtime(height, width, args.export[1])}))
+        return
     if args.worker:
         kind, variant, size = args.worker
         height, width = map(int, size.split("x"))
@@ -212,7 +241,7 @@ def main(argv=None):
                 panoptic = (
                     "identical"
                     if check["same_panoptic"]
-                    else (f"{100 * check['pixels']:.2f}% of pixels differ")
+                    else (f"{100 * check['pixels']:.3g}% of pixels differ")
                 )
                 note = f"panoptic {panoptic}, logits max |diff| {check['sem_logit_diff']:.1e}"
             rows.append(

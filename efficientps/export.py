@@ -20,6 +20,7 @@ padded to a multiple of 32 inside the graph, where every stride-2 conv sees an e
 import copy
 import json
 import os
+import warnings
 
 import torch
 from detectron2.data import MetadataCatalog
@@ -82,7 +83,12 @@ def export_onnx(model, sample_image, path, opset=OPSET):
             f"(aligned) needs ONNX opset >= 16, asked for {opset}"
         )
     wrapper = exportable_copy(model)
-    with torch.no_grad():
+    # The tracer warns at every Python int/bool taken from a tensor; which of those matter is
+    # settled by the tests at other input sizes, so the warnings are only noise for users.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
         torch.onnx.export(
             wrapper,
             (torch.as_tensor(sample_image),),

@@ -90,7 +90,10 @@ def main(argv=None):
     parser.add_argument("--format", default="onnx", choices=FORMATS)
     parser.add_argument("--sample-image", help="image to record the graph with and check on")
     parser.add_argument(
-        "--check-images", nargs="+", default=[], help="also compare on these files/globs"
+        "--check-images",
+        action="append",
+        default=[],
+        help="also compare on the images of this glob (repeatable)",
     )
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs (MODEL.WEIGHTS)")
