@@ -44,6 +44,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from efficientps.modeling import configure_inference, fold_for_export
+from efficientps_runtime.agreement import matching_pixel_share
 
 DETECTIONS = 50
 VARIANTS = ["plain", "user path", "user path, bf16", "onnxruntime", "torch.compile"]
@@ -157,23 +158,12 @@ def check_worker(kind, variant, height, width, device="cpu"):
     with torch.no_grad():
         reference_ids, reference_sem = build_predict(kind, "plain", height, width, device)(inputs)
         ids, sem = build_predict(kind, variant, height, width, device)(inputs)
-    same = _same_segmentation(reference_ids, ids)
+    same = matching_pixel_share(reference_ids.numpy(), ids.numpy())
     return {
         "same_panoptic": bool(same == 1.0),
         "sem_logit_diff": float((reference_sem - sem).abs().max()),
         "pixels": 1.0 - same,
     }
-
-
-def _same_segmentation(ids_a, ids_b):
-    """Share of pixels in corresponding segments (the runtime may number segments alike or not:
-    each segment of a is matched to the segment of b it overlaps most)."""
-    pairs = torch.stack([ids_a.flatten().long(), ids_b.flatten().long()])
-    unique, counts = torch.unique(pairs, dim=1, return_counts=True)
-    best = {}
-    for (a, _), count in zip(unique.T.tolist(), counts.tolist()):
-        best[a] = max(best.get(a, 0), count)
-    return sum(best.values()) / ids_a.numel()
 
 
 def run_child(kind, variant, size, runs, mode="time", device="cpu"):

@@ -5,18 +5,28 @@
 Part of the efficientps distribution, kept apart from the ``efficientps`` package (which
 registers detectron2 components on import and so needs torch and detectron2, ~6 s of imports)
 so that the offline command starts in about 0.5 s. NumPy, numba and imagecodecs only.
+
+The names below load on first use, so that ``efficientps_pq.panoptic_ids`` (NumPy only, the
+COCO-panoptic colour encoding that ``efficientps_runtime`` writes) imports neither numba nor
+imagecodecs.
 """
 
-from .panoptic_ids import id_to_rgb, rgb_to_id
-from .panoptic_png import read_panoptic_png, write_panoptic_png
-from .panoptic_quality import PanopticFormatError, PQAccumulator, format_table
+import importlib
 
-__all__ = [
-    "PQAccumulator",
-    "PanopticFormatError",
-    "format_table",
-    "id_to_rgb",
-    "read_panoptic_png",
-    "rgb_to_id",
-    "write_panoptic_png",
-]
+_HOMES = {
+    "id_to_rgb": "panoptic_ids",
+    "rgb_to_id": "panoptic_ids",
+    "read_panoptic_png": "panoptic_png",
+    "write_panoptic_png": "panoptic_png",
+    "PanopticFormatError": "panoptic_quality",
+    "PQAccumulator": "panoptic_quality",
+    "format_table": "panoptic_quality",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)

@@ -131,6 +131,19 @@ def test_runtime_reproduces_the_pytorch_predictor_on_the_val_images(exported):
     assert things > 0  # the instance path ran
 
 
+def assert_graph_outputs_match(got, expected):
+    """onnxruntime's graph outputs equal the PyTorch wrapper's: semantic logits to 1e-4
+    relative; the same detections, each matched to the runtime's with the nearest box (random
+    weights give near-equal scores, whose order float rounding may swap)."""
+    assert np.abs(got[0] - expected[0]).max() <= 1e-4 * np.abs(expected[0]).max()
+    assert len(got[2]) == len(expected[2]) > 0
+    for box, score, label, mask in zip(*expected[1:]):
+        j = np.abs(got[1] - box).sum(1).argmin()
+        assert np.abs(got[1][j] - box).max() <= 1e-3 and got[3][j] == label
+        assert abs(got[2][j] - score) <= 1e-5
+        assert np.abs(got[4][j] - mask).max() <= 1e-4 * np.abs(mask).max()
+
+
 def test_graph_takes_other_sizes_than_it_was_recorded_at(exported):
     """Dynamic H and W inside the graph (the runtime resizes to the test size first)."""
     model_dir, images, predictor, _ = exported
@@ -147,22 +160,15 @@ def test_graph_takes_other_sizes_than_it_was_recorded_at(exported):
             expected = [t.numpy() for t in wrapper(torch.as_tensor(resized))]
         got = session.run(None, {"image": resized})
         assert got[0].shape == expected[0].shape == (8, height, width)
-        assert np.abs(got[0] - expected[0]).max() <= 1e-4 * np.abs(expected[0]).max()
-        assert len(got[2]) == len(expected[2]) > 0
-        # Random weights give near-equal scores, whose order float rounding may swap: each
-        # detection is matched to the runtime's with the nearest box.
-        for box, score, label, mask in zip(*expected[1:]):
-            j = np.abs(got[1] - box).sum(1).argmin()
-            assert np.abs(got[1][j] - box).max() <= 1e-3 and got[3][j] == label
-            assert abs(got[2][j] - score) <= 1e-5
-            assert np.abs(got[4][j] - mask).max() <= 1e-4 * np.abs(mask).max()
+        assert_graph_outputs_match(got, expected)
 
 
-def test_runtime_runs_without_torch_and_detectron2(exported, tmp_path):
+def test_runtime_runs_without_torch_detectron2_or_numba(exported, tmp_path):
     model_dir, images, _, _ = exported
     blocked = (
         "import sys, runpy\n"
-        "for name in ('torch', 'torchvision', 'detectron2', 'efficientps'):\n"
+        "for name in ('torch', 'torchvision', 'detectron2', 'efficientps', 'numba',\n"
+        "             'imagecodecs', 'pycocotools'):\n"
         "    sys.modules[name] = None  # import fails\n"
         "sys.argv = ['efficientps_runtime'] + sys.argv[1:]\n"
         "runpy.run_module('efficientps_runtime', run_name='__main__')\n"
@@ -296,13 +302,7 @@ def test_paper_and_official_configs_export(config, tmp_path):
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
     with torch.no_grad():
         expected = [t.numpy() for t in exportable_copy(model)(torch.as_tensor(image))]
-    got = session.run(None, {"image": image})
-    assert np.abs(got[0] - expected[0]).max() <= 1e-4 * np.abs(expected[0]).max()
-    assert len(got[2]) == len(expected[2]) > 0
-    for box, score, label, mask in zip(*expected[1:]):
-        j = np.abs(got[1] - box).sum(1).argmin()
-        assert np.abs(got[1][j] - box).max() <= 1e-3 and got[3][j] == label
-        assert np.abs(got[4][j] - mask).max() <= 1e-4 * np.abs(mask).max()
+    assert_graph_outputs_match(session.run(None, {"image": image}), expected)
 
 
 @pytest.mark.slow

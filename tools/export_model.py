@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from efficientps.demo import PanopticPredictor, setup_cfg  # noqa: E402
 from efficientps.export import ExportError, export_metadata, export_onnx, write_metadata  # noqa
 from efficientps_runtime import Session  # noqa: E402
+from efficientps_runtime.agreement import matching_pixel_share  # noqa: E402
 
 FORMATS = ("onnx", "torch_export")
 
@@ -63,24 +64,12 @@ def compare(predictor, session, image_bgr):
             prediction.detections.mask_logits, instances.pred_mask_logits[:, 0].numpy()
         )
     ids = reference["panoptic_seg"][0].numpy()
-    report["identical panoptic pixels (%)"] = 100.0 * _same_segmentation(ids, prediction.panoptic)
+    report["identical panoptic pixels (%)"] = 100.0 * matching_pixel_share(ids, prediction.panoptic)
     return report
 
 
 def _relative(got, expected):
     return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-12))
-
-
-def _same_segmentation(ids_a, ids_b):
-    """Share of pixels whose segment corresponds (ids may be numbered differently)."""
-    pairs, counts = np.unique(
-        np.stack([ids_a.ravel(), ids_b.ravel()]).astype(np.int64), axis=1, return_counts=True
-    )
-    best = {}
-    for (a, b), count in zip(pairs.T.tolist(), counts.tolist()):
-        if count > best.get(a, (None, 0))[1]:
-            best[a] = (b, count)
-    return sum(count for _, count in best.values()) / ids_a.size
 
 
 def main(argv=None):
