@@ -343,3 +343,16 @@ def test_trained_model_exports_with_the_pytorch_segments(tmp_path):
     assert worst["max mask logit diff (relative)"] <= 1e-4
     assert worst["images with another detection count"] == 0
     assert worst["detections (PyTorch)"] > 0
+
+
+def test_runtime_cli_names_unreadable_inputs(exported, tmp_path):
+    from efficientps_runtime.__main__ import main as runtime_main
+
+    model_dir = exported[0]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="broken.png"):
+        runtime_main(["--model", str(model_dir), "--input", str(broken), "--output", str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="missing"):
+        runtime_main(["--model", str(model_dir), "--input", str(tmp_path / "missing*.png"),
+                      "--output", str(tmp_path)])  # fmt: skip
