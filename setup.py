@@ -31,7 +31,6 @@ setup(
         "safetensors",  # ImageNet weights from the hub come as .safetensors (tensors only)
         # Export (tools/export_model.py) and the torch-free runtime (efficientps_runtime).
         "onnx",
-        "onnxscript",
         "onnxruntime",
     ],
     # hotcoco: the Rust PQ implementation that benchmarks/pq_eval.py compares against; timm:

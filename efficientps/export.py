@@ -127,32 +127,26 @@ def export_metadata(cfg, model):
     metadata = MetadataCatalog.get(dataset)
     tables = model.class_tables
     fusion = model.panoptic_fusion
+    if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
+        raise ExportError(f"INPUT.FORMAT={cfg.INPUT.FORMAT!r}: the runtime reads RGB or BGR images")
     try:
         to_dataset_id = channel_to_dataset_id(metadata)
         names = list(metadata.stuff_classes)
-    except AttributeError as error:
-        raise ExportError(
-            f"DATASETS.TEST: dataset {dataset!r} has no panoptic metadata ({error})"
-        ) from error
-    colors = list(getattr(metadata, "stuff_colors", None) or [])
-    thing_colors = list(getattr(metadata, "thing_colors", None) or [])
-    classes = []
-    thing_index = {channel: k for k, channel in enumerate(tables.thing_channels)}
-    for channel in range(tables.num_classes):
-        color = colors[channel] if channel < len(colors) else None
-        if channel in thing_index and len(thing_colors) == tables.num_classes:
-            color = thing_colors[channel]
-        elif channel in thing_index and thing_index[channel] < len(thing_colors):
-            color = thing_colors[thing_index[channel]]
-        classes.append(
+        classes = [
             {
                 "channel": channel,
                 "dataset_id": int(to_dataset_id[channel]),
                 "name": names[channel],
-                "isthing": channel in thing_index,
-                "color": [int(c) for c in color] if color is not None else None,
+                "isthing": channel in tables.thing_channels,
+                "color": _class_colour(metadata, channel, tables),
             }
-        )
+            for channel in range(tables.num_classes)
+        ]
+    except (AttributeError, KeyError, IndexError) as error:
+        raise ExportError(
+            f"DATASETS.TEST: dataset {dataset!r} has no panoptic metadata for the model's "
+            f"{tables.num_classes} classes ({type(error).__name__}: {error})"
+        ) from error
     learned = None
     if fusion.learned is not None:
         learned = fusion.learned.weights.detach().cpu().tolist()
@@ -184,6 +178,25 @@ def export_metadata(cfg, model):
             "learned_weights": learned,
         },
     }
+
+
+def _class_colour(metadata, channel, tables):
+    """[r, g, b] of a semantic channel from the dataset's metadata, or None.
+
+    Registrations list thing colours either for every class (ours, detectron2's Cityscapes) or
+    for the things only (COCO); stuff colours are listed for every class.
+    """
+    thing_colors = list(getattr(metadata, "thing_colors", None) or [])
+    colour = None
+    if channel in tables.thing_channels and thing_colors:
+        index = channel
+        if len(thing_colors) != tables.num_classes:
+            index = list(tables.thing_channels).index(channel)
+        colour = thing_colors[index]
+    else:
+        stuff_colors = list(getattr(metadata, "stuff_colors", None) or [])
+        colour = stuff_colors[channel] if channel < len(stuff_colors) else None
+    return None if colour is None else [int(c) for c in colour]
 
 
 def write_metadata(metadata, directory):

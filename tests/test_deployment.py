@@ -22,7 +22,7 @@ from detectron2.modeling import build_model
 from efficientps.data import synthetic
 from efficientps.data.datasets import register_synthetic_panoptic
 from efficientps.demo import PanopticPredictor, setup_cfg
-from efficientps.export import ExportError, export_onnx
+from efficientps.export import ExportError, export_metadata, export_onnx
 from efficientps.modeling.meta_arch.mask_paste import BoxMaskLogits
 from efficientps.modeling.meta_arch.panoptic_fusion import fuse_panoptic
 from efficientps_runtime import InputImageError, ModelFolderError, PanopticFusion, Session
@@ -207,6 +207,12 @@ def test_bad_inputs_get_clear_errors(exported, tmp_path):
         export_onnx(torch.nn.Conv2d(3, 3, 1), np.zeros((64, 64, 3), np.uint8), "x.onnx")
     with pytest.raises(ExportError, match="opset"):
         export_onnx(predictor.model, np.zeros((64, 64, 3), np.uint8), "x.onnx", opset=11)
+    cfg = setup_cfg(DEMO_CONFIG, ["DATASETS.TEST", "('no_such_dataset',)"])
+    with pytest.raises(ExportError, match="DATASETS.TEST: dataset 'no_such_dataset'"):
+        export_metadata(cfg, predictor.model)
+    cfg = setup_cfg(DEMO_CONFIG, ["INPUT.FORMAT", "L"])
+    with pytest.raises(ExportError, match="INPUT.FORMAT"):
+        export_metadata(cfg, predictor.model)
     with pytest.raises(ExportError, match="--format torch_export"):
         load_export_tool().main(
             ["--config-file", DEMO_CONFIG, "--output", str(tmp_path), "--format", "torch_export"]
