@@ -290,11 +290,15 @@ def test_resize_helpers_match_detectron2():
     [
         "Cityscapes-PanopticSegmentation/efficientps_b5_2wayfpn_bs16_1024x2048.yaml",
         "Cityscapes-PanopticSegmentation/efficientps_b5_official.yaml",
+        "KITTI-PanopticSegmentation/efficientps_b5_2wayfpn_bs16_384x1280.yaml",
+        "KITTI-PanopticSegmentation/efficientps_b5_official.yaml",
     ],
 )
 def test_paper_and_official_configs_export(config, tmp_path):
     """EfficientNet-B5 with the paper's ROIAlignV2 (opset 16+) and the authors' unaligned
-    ROIAlign, at a small test size: the graph gives the PyTorch model's outputs."""
+    ROIAlign, at a small test size: the graph gives the PyTorch model's outputs, and the
+    metadata names the dataset's classes. (Vistas configs read their class tables from the
+    dataset's config json, which is not here.)"""
     import onnxruntime
 
     from efficientps.export import exportable_copy
@@ -305,6 +309,7 @@ def test_paper_and_official_configs_export(config, tmp_path):
     randomise_batchnorm(model)
     image = np.random.default_rng(0).integers(0, 256, (64, 128, 3), np.uint8)
     export_onnx(model, image, str(tmp_path / "model.onnx"))
+    assert len(export_metadata(cfg, model)["classes"]) == 19
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
     with torch.no_grad():
         expected = [t.numpy() for t in exportable_copy(model)(torch.as_tensor(image))]
