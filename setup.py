@@ -34,6 +34,10 @@ setup(
         "onnxruntime",
     ],
     # hotcoco: the Rust PQ implementation that benchmarks/pq_eval.py compares against; timm:
-    # the ImageNet-weights converter is tested against timm's own EfficientNets.
-    extras_require={"dev": ["pytest", "pytest-timeout", "ruff", "black", "hotcoco", "timm"]},
+    # the ImageNet-weights converter is tested against timm's own EfficientNets; openvino: the
+    # runtime's second backend, tested and benchmarked.
+    extras_require={
+        "dev": ["pytest", "pytest-timeout", "ruff", "black", "hotcoco", "timm", "openvino"],
+        "openvino": ["openvino"],
+    },
 )

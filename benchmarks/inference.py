@@ -17,6 +17,7 @@ detections per image (random weights would otherwise give each a different numbe
   onnxruntime      the exported model (tools/export_model.py's export) under efficientps_runtime:
                    uint8 image in, panoptic out, NumPy fusion included (test size = the input),
                    timed in a process without torch (benchmarks/runtime_worker.py)
+  openvino         the same with the runtime's OpenVINO backend (CPU plugin)
   torch.compile    the user path with its norms folded (fold_for_export) and the backbone and
                    semantic head compiled by torch.compile (compilation in the warm-up)
 Outputs of each variant are compared with the plain model's (same panoptic ids, semantic logits)
@@ -47,7 +48,8 @@ from efficientps.modeling import configure_inference, fold_for_export
 from efficientps_runtime.agreement import matching_pixel_share
 
 DETECTIONS = 50
-VARIANTS = ["plain", "user path", "user path, bf16", "onnxruntime", "torch.compile"]
+VARIANTS = ["plain", "user path", "user path, bf16", "onnxruntime", "openvino", "torch.compile"]
+RUNTIME_BACKENDS = ("onnxruntime", "openvino")
 
 
 def efficientps_variant_cfg(variant, device="cpu"):
@@ -92,8 +94,8 @@ def build_variant(kind, variant, device="cpu"):
 
 def build_predict(kind, variant, height, width, device="cpu"):
     """A function of the benchmark's inputs returning (panoptic ids, semantic logits)."""
-    if kind == "efficientps" and variant == "onnxruntime":
-        return onnxruntime_predict(height, width)
+    if kind == "efficientps" and variant in RUNTIME_BACKENDS:
+        return runtime_predict(height, width, variant)
     model = build_variant(kind, variant, device)
     if kind == "efficientps" and variant == "torch.compile":
         fold_for_export(model)
@@ -123,10 +125,10 @@ def export_for_runtime(height, width, folder):
     return folder
 
 
-def onnxruntime_predict(height, width):
+def runtime_predict(height, width, backend):
     from efficientps_runtime import Session
 
-    session = Session(export_for_runtime(height, width, tempfile.mkdtemp()))
+    session = Session(export_for_runtime(height, width, tempfile.mkdtemp()), backend=backend)
     order = session.metadata["input"]["channel_order"]
 
     def predict(inputs):
@@ -167,7 +169,7 @@ def check_worker(kind, variant, height, width, device="cpu"):
 
 
 def run_child(kind, variant, size, runs, mode="time", device="cpu"):
-    if variant == "onnxruntime" and mode == "time":
+    if variant in RUNTIME_BACKENDS and mode == "time":
         # Exported in one process, timed in another that never imports torch.
         with tempfile.TemporaryDirectory() as folder:
             run_worker(__file__, ["--export", size, folder])
@@ -181,6 +183,8 @@ def run_child(kind, variant, size, runs, mode="time", device="cpu"):
                     os.path.join(folder, "image.npy"),
                     "--runs",
                     str(runs),
+                    "--backend",
+                    variant,
                 ],
             )
     arguments = ["--worker", kind, variant, size, "--runs", str(runs), "--device", device]

@@ -2,7 +2,8 @@
 """Latency and peak RSS of an exported model under efficientps_runtime, in a process without
 torch (what a deployment runs): prints one JSON line for benchmarks/inference.py.
 
-    python benchmarks/runtime_worker.py --model DIR --image image.npy [--runs 3] [--no-arena]
+    python benchmarks/runtime_worker.py --model DIR --image image.npy [--runs 3] \
+        [--backend openvino]
 """
 
 import argparse
@@ -14,6 +15,7 @@ import time
 import numpy as np
 
 from efficientps_runtime import Session
+from efficientps_runtime.session import BACKENDS
 
 
 def main(argv=None):
@@ -21,9 +23,10 @@ def main(argv=None):
     parser.add_argument("--model", required=True)
     parser.add_argument("--image", required=True, help=".npy uint8 (H, W, 3) in the model's order")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
     args = parser.parse_args(argv)
     image = np.load(args.image)
-    session = Session(args.model)
+    session = Session(args.model, backend=args.backend)
     order = session.metadata["input"]["channel_order"]
     session.predict(image, channel_order=order)  # warm-up
     times = []

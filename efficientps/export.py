@@ -24,7 +24,9 @@ import warnings
 
 import torch
 from detectron2.data import MetadataCatalog
+from detectron2.structures import ImageList
 from torch import nn
+from torch.nn import functional as F
 
 from .class_tables import channel_to_dataset_id
 from .modeling import fold_for_export
@@ -41,24 +43,49 @@ class ExportError(ValueError):
 
 
 class ExportableEfficientPS(nn.Module):
-    """EfficientPS from a uint8 (H, W, 3) image to tensors only (what a graph can return)."""
+    """EfficientPS from a uint8 (H, W, 3) image to tensors only (what a graph can return).
+
+    Normalises and pads like ``EfficientPS.preprocess_image`` (zeros after normalisation, to
+    the backbone's size divisibility), then runs ``EfficientPS.inference_on_images``. The
+    padded size is computed with a float ceil rather than detectron2's integer division:
+    OpenVINO evaluates that exported integer ``Div`` as a float one (a 128x256 image became
+    159x287), a float ``Ceil`` means the same in every runtime.
+    """
 
     def __init__(self, model: EfficientPS):
         super().__init__()
         self.model = model
+        self.divisibility = int(model.backbone.size_divisibility)
         self.train(model.training)  # exporters restore the wrapper's mode on every child
 
     def forward(self, image):
+        model = self.model
         chw = image.permute(2, 0, 1).to(torch.float32)
-        (result,) = self.model.inference([{"image": chw}], do_postprocess=False)
-        detections = result["instances"]
+        chw = (chw - model.pixel_mean) / model.pixel_std
+        height, width = chw.shape[-2], chw.shape[-1]
+        padding = [
+            0,
+            _rounded_up(width, self.divisibility) - width,
+            0,
+            _rounded_up(height, self.divisibility) - height,
+        ]
+        images = ImageList(F.pad(chw, padding)[None], [(height, width)])
+        sem_logits, (detections,) = model.inference_on_images(images)
         return (
-            result["sem_seg"],
+            sem_logits[0, :, :height, :width],
             detections.pred_boxes.tensor,
             detections.scores,
             detections.pred_classes,
             detections.pred_mask_logits[:, 0],
         )
+
+
+def _rounded_up(length, divisor):
+    """``length`` rounded up to a multiple of ``divisor``; traced sizes (0-d tensors under the
+    ONNX tracer) through a float ceil, which every runtime evaluates alike."""
+    if isinstance(length, torch.Tensor):
+        return (torch.ceil(length.to(torch.float32) / divisor) * divisor).to(length.dtype)
+    return -(-length // divisor) * divisor
 
 
 def exportable_copy(model):

@@ -12,7 +12,7 @@ import time
 import cv2
 
 from .outputs import write_prediction
-from .session import Session
+from .session import BACKENDS, Session
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -39,10 +39,11 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="folder with model.onnx + metadata.json")
     parser.add_argument("--input", nargs="+", required=True, help="files, globs, folders")
     parser.add_argument("--output", required=True, help="folder for the outputs")
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    parser.add_argument("--threads", type=int, default=None, help="inference threads")
+    parser.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
     args = parser.parse_args(argv)
     paths = expand_inputs(args.input)
-    session = Session(args.model, threads=args.threads)
+    session = Session(args.model, backend=args.backend, threads=args.threads)
     os.makedirs(args.output, exist_ok=True)
     classes = {c["dataset_id"]: c for c in session.metadata["classes"]}
     start = time.perf_counter()

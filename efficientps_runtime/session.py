@@ -1,4 +1,5 @@
-"""Run an exported EfficientPS (model.onnx + metadata.json) with onnxruntime, NumPy and OpenCV.
+"""Run an exported EfficientPS (model.onnx + metadata.json) with onnxruntime (or OpenVINO), NumPy
+and OpenCV.
 
 ``Session(model_dir).predict(image)`` does what detectron2's DefaultPredictor and the PyTorch
 model do around the graph: channel order, the shortest-edge resize to the test size (Pillow's
@@ -126,33 +127,38 @@ class Prediction:
     detections: GraphOutputs = field(repr=False)
 
 
+BACKENDS = ("onnxruntime", "openvino")
+
+
 class Session:
     """An exported EfficientPS, ready to predict.
 
     Args:
         model_dir: folder with model.onnx and metadata.json (tools/export_model.py).
+        backend: "onnxruntime" (default) or "openvino" (its CPU plugin; ``pip install openvino``).
         providers: onnxruntime execution providers (default: CPU).
-        threads: intra-op threads (default: onnxruntime's, one per core).
+        threads: inference threads (default: the backend's, one per core).
     """
 
-    def __init__(self, model_dir, providers=None, threads=None):
-        import onnxruntime
-
+    def __init__(self, model_dir, backend="onnxruntime", providers=None, threads=None):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r}; expected one of {BACKENDS}")
         self.metadata = read_metadata(model_dir)
         model_path = os.path.join(model_dir, self.metadata.get("model", "model.onnx"))
         if not os.path.isfile(model_path):
             raise ModelFolderError(
                 f"{model_path}: the ONNX model named by metadata.json is missing"
             )
-        options = onnxruntime.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
         try:
-            self.session = onnxruntime.InferenceSession(
-                model_path, options, providers=providers or ["CPUExecutionProvider"]
-            )
-        except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ModelFolderError(f"{model_path}: onnxruntime cannot load it ({error})") from error
+            if backend == "openvino":
+                self._run = _openvino_graph(model_path, threads)
+            else:
+                self._run = _onnxruntime_graph(model_path, providers, threads)
+        except ImportError:
+            raise
+        except Exception as error:  # the backends raise their own Fail/InvalidGraph types
+            raise ModelFolderError(f"{model_path}: {backend} cannot load it ({error})") from error
+        self.backend = backend
         self.input = self.metadata["input"]
         self.fusion = PanopticFusion.from_metadata(self.metadata)
         self.classes = {c["channel"]: c for c in self.metadata["classes"]}
@@ -168,8 +174,7 @@ class Session:
             *image.shape[:2], self.input["min_size_test"], self.input["max_size_test"]
         )
         image = np.ascontiguousarray(resize_image(np.ascontiguousarray(image), height, width))
-        outputs = self.session.run(None, {self.input["name"]: image})
-        return GraphOutputs(*outputs), (height, width)
+        return GraphOutputs(*self._run(image)), (height, width)
 
     def predict(self, image, channel_order="BGR"):
         """Panoptic segmentation of one (H, W, 3) uint8 image (OpenCV's BGR by default).
@@ -212,6 +217,40 @@ class Session:
                 record["score"] = float(s["score"])
             records.append(record)
         return records
+
+
+def _onnxruntime_graph(model_path, providers, threads):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(
+        model_path, options, providers=providers or ["CPUExecutionProvider"]
+    )
+    name = session.get_inputs()[0].name
+    return lambda image: session.run(None, {name: image})
+
+
+def _openvino_graph(model_path, threads):
+    try:
+        import openvino
+    except ImportError as error:
+        raise ImportError(
+            "backend 'openvino' needs the openvino package: pip install openvino"
+        ) from error
+    core = openvino.Core()
+    config = {"PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = core.compile_model(core.read_model(model_path), "CPU", config)
+    outputs = list(compiled.outputs)
+
+    def run(image):
+        results = compiled([image])
+        return [results[output] for output in outputs]
+
+    return run
 
 
 def checked_image(image):

@@ -101,9 +101,10 @@ def same_segments(ids_a, segments_a, ids_b, segments_b):
     assert matched / ids_a.size >= 0.999
 
 
-def test_runtime_reproduces_the_pytorch_predictor_on_the_val_images(exported):
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_runtime_reproduces_the_pytorch_predictor_on_the_val_images(exported, backend):
     model_dir, images, predictor, _ = exported
-    session = Session(model_dir)
+    session = Session(model_dir, backend=backend)
     things = 0
     for path in images:
         for image in (cv2.imread(str(path)), cv2.resize(cv2.imread(str(path)), (200, 90))):

@@ -203,6 +203,21 @@ class EfficientPS(nn.Module):
         if self.training:
             raise RuntimeError("EfficientPS.inference needs eval mode (model.eval())")
         images = self.preprocess_image(batched_inputs)
+        sem_logits, detections = self.inference_on_images(images, detected_instances)
+        if do_postprocess:
+            return self.postprocess(batched_inputs, images, sem_logits, detections)
+        return [
+            {"sem_seg": sem[:, :h, :w], "instances": det}
+            for sem, det, (h, w) in zip(sem_logits, detections, images.image_sizes)
+        ]
+
+    def inference_on_images(self, images: ImageList, detected_instances=None):
+        """``inference`` after preprocessing: backbone and heads on normalised, padded images.
+
+        Returns (semantic logits (N, C, H, W) of the padded batch, per-image detections in
+        float32). ``inference`` calls it after ``preprocess_image``; the ONNX export calls it
+        after its own padding (see ``efficientps.export``).
+        """
         with self.inference_autocast():
             features = self.backbone(images.tensor)
             sem_logits, _ = self.sem_seg_head(features)
@@ -213,13 +228,7 @@ class EfficientPS(nn.Module):
                 detected_instances = [x.to(self.device) for x in detected_instances]
                 detections = self.roi_heads.forward_with_given_boxes(features, detected_instances)
         del features  # not needed past the heads: the pyramid is freed before the fusion
-        sem_logits, detections = _as_float32(sem_logits, detections)
-        if do_postprocess:
-            return self.postprocess(batched_inputs, images, sem_logits, detections)
-        return [
-            {"sem_seg": sem[:, :h, :w], "instances": det}
-            for sem, det, (h, w) in zip(sem_logits, detections, images.image_sizes)
-        ]
+        return _as_float32(sem_logits, detections)
 
     def postprocess(self, batched_inputs, images, sem_logits, detections):
         """Resize to each input's height/width and fuse."""
