@@ -27,6 +27,7 @@ from efficientps.demo import PanopticPredictor, setup_cfg  # noqa: E402
 from efficientps.export import ExportError, export_metadata, export_onnx, write_metadata  # noqa
 from efficientps_runtime import Session  # noqa: E402
 from efficientps_runtime.agreement import matching_pixel_share  # noqa: E402
+from efficientps_runtime.session import BACKENDS  # noqa: E402
 
 FORMATS = ("onnx", "torch_export")
 
@@ -85,6 +86,9 @@ def main(argv=None):
         help="also compare on the images of this glob (repeatable)",
     )
     parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument(
+        "--backend", default="onnxruntime", choices=BACKENDS, help="runtime for the self-check"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs (MODEL.WEIGHTS)")
     args = parser.parse_args(argv)
     if args.format != "onnx":
@@ -107,7 +111,7 @@ def main(argv=None):
     print(
         f"wrote {args.output}/model.onnx and metadata.json in {time.perf_counter() - start:.1f} s"
     )
-    session = Session(args.output)
+    session = Session(args.output, backend=args.backend)
     report = compare(predictor, session, image)
     print("check on the sample image:")
     for name, value in report.items():
