@@ -12,7 +12,6 @@ A video gives one set of files per frame, ``NAME_000123_*``.
 """
 
 import argparse
-import glob
 import json
 import os
 
@@ -25,13 +24,14 @@ from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
+from efficientps_runtime.inputs import IMAGE_EXTENSIONS, expand_inputs
+
 from .channel_argmax import channel_argmax
 from .class_tables import PanopticClassTables, channel_to_dataset_id
 from .config import add_efficientps_config
 from .engine.checkpoint import check_weights_fit, read_checkpoint
 from .evaluation import read_panoptic_png, write_panoptic_png
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
 
 
@@ -58,24 +58,6 @@ class PanopticPredictor(DefaultPredictor):
         super().__init__(cfg)
         check_weights_fit(self.model, weights, cfg.MODEL.WEIGHTS)
         self.metadata = MetadataCatalog.get((cfg.DATASETS.TEST or cfg.DATASETS.TRAIN)[0])
-
-
-def expand_inputs(patterns):
-    """Files, globs and folders -> sorted list of paths (videos kept as single entries)."""
-    paths = []
-    for pattern in patterns:
-        if os.path.isdir(pattern):
-            found = [
-                os.path.join(pattern, f)
-                for f in sorted(os.listdir(pattern))
-                if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
-            ]
-        else:
-            found = sorted(glob.glob(os.path.expanduser(pattern)))
-        if not found:
-            raise FileNotFoundError(f"--input {pattern!r} matches no image, video or folder")
-        paths.extend(found)
-    return paths
 
 
 def read_image(path):
@@ -238,7 +220,7 @@ def main(argv=None):
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE pairs")
     args = parser.parse_args(argv)
     cfg = setup_cfg(args.config_file, args.opts)
-    paths = expand_inputs(args.input)
+    paths = expand_inputs(args.input, IMAGE_EXTENSIONS | VIDEO_EXTENSIONS, "image, video")
     predictor = PanopticPredictor(cfg)
     written = run(predictor, paths, args.output, args.semantic, args.instances)
     print(f"wrote {len(written)} panoptic predictions to {args.output}")

@@ -4,34 +4,15 @@ python -m efficientps_runtime --model DIR --input 'images/*.png' [more ...] --ou
 """
 
 import argparse
-import glob
 import os
 import sys
 import time
 
 import cv2
 
+from .inputs import expand_inputs
 from .outputs import write_prediction
 from .session import BACKENDS, Session
-
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-def expand_inputs(patterns):
-    paths = []
-    for pattern in patterns:
-        if os.path.isdir(pattern):
-            found = sorted(
-                os.path.join(pattern, f)
-                for f in os.listdir(pattern)
-                if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
-            )
-        else:
-            found = sorted(glob.glob(os.path.expanduser(pattern)))
-        if not found:
-            raise FileNotFoundError(f"--input {pattern!r} matches no image or folder")
-        paths.extend(found)
-    return paths
 
 
 def main(argv=None):

@@ -193,8 +193,8 @@ class PanopticFusion:
         stuff_area = self.stuff_area * (height * width) / (ref_h * ref_w)
 
         channels = self.thing_channels[classes]
-        candidates = np.nonzero(scores >= self.score_thresh)[0]
-        order = candidates[np.argsort(-scores[candidates], kind="stable")]
+        # The confident detections by score, highest first (stable: ties keep detection order).
+        order = np.argsort(-scores, kind="stable")
         owner, kept = self._overlap_filter(masks, order, height, width)
         fused = _FusedLogits(sem_logits, self.mask_logit_scale, weights)
         if self.pixel_rule in ("argmax", "authors"):
@@ -314,9 +314,7 @@ class PanopticFusion:
             segments.append(
                 {"id": len(segments) + 1, "category_id": channel, "isthing": False, "area": area}
             )
-        panoptic = np.where(
-            winner >= 0, instance_ids[winner + 1], stuff_ids[np.clip(stuff_map + 1, 0, None)]
-        )
+        panoptic = np.where(winner >= 0, instance_ids[winner + 1], stuff_ids[stuff_map + 1])
         return panoptic.astype(np.int32), segments
 
 

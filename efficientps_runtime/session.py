@@ -165,16 +165,8 @@ class Session:
 
     def run_graph(self, image_rgb_or_bgr, channel_order="BGR"):
         """The graph on one image after the test-size resize: (GraphOutputs, resized size)."""
-        image = checked_image(image_rgb_or_bgr)
-        if channel_order not in ("BGR", "RGB"):
-            raise InputImageError(f"channel_order={channel_order!r}; expected 'BGR' or 'RGB'")
-        if channel_order != self.input["channel_order"]:
-            image = image[:, :, ::-1]
-        height, width = resized_shape(
-            *image.shape[:2], self.input["min_size_test"], self.input["max_size_test"]
-        )
-        image = np.ascontiguousarray(resize_image(np.ascontiguousarray(image), height, width))
-        return GraphOutputs(*self._run(image)), (height, width)
+        image = graph_input(image_rgb_or_bgr, self.input, channel_order)
+        return GraphOutputs(*self._run(image)), image.shape[:2]
 
     def predict(self, image, channel_order="BGR"):
         """Panoptic segmentation of one (H, W, 3) uint8 image (OpenCV's BGR by default).
@@ -251,6 +243,20 @@ def _openvino_graph(model_path, threads):
         return [results[output] for output in outputs]
 
     return run
+
+
+def graph_input(image, input_spec, channel_order="BGR"):
+    """What the graph takes for one (H, W, 3) uint8 image: the model's channel order, resized
+    to the test size as detectron2's DefaultPredictor does. ``input_spec``: metadata["input"]."""
+    image = checked_image(image)
+    if channel_order not in ("BGR", "RGB"):
+        raise InputImageError(f"channel_order={channel_order!r}; expected 'BGR' or 'RGB'")
+    if channel_order != input_spec["channel_order"]:
+        image = image[:, :, ::-1]
+    height, width = resized_shape(
+        *image.shape[:2], input_spec["min_size_test"], input_spec["max_size_test"]
+    )
+    return np.ascontiguousarray(resize_image(np.ascontiguousarray(image), height, width))
 
 
 def checked_image(image):

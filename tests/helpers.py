@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 TRAIN_NET = str(REPO / "train_net.py")
 BASE_CONFIG = str(CONFIGS / "Base-EfficientPS.yaml")
+DEMO_CONFIG = str(CONFIGS / "demo" / "efficientps_synthetic_cpu.yaml")
 
 
 def base_cfg():
@@ -27,16 +28,35 @@ def base_cfg():
     return cfg
 
 
-def registered_synthetic_train_split(root, prefix, count, seed):
-    """``count`` synthetic 64x128 training images under ``root``, registered under a new
+def registered_synthetic_train_split(root, prefix, count, seed, split="train"):
+    """``count`` synthetic 64x128 images of ``split`` under ``root``, registered under a new
     dataset name (returned)."""
     from efficientps.data import synthetic
     from efficientps.data.datasets import register_synthetic_panoptic
 
-    synthetic.generate_split(str(root), "train", count, seed=seed, size=(64, 128), progress=False)
+    synthetic.generate_split(str(root), split, count, seed=seed, size=(64, 128), progress=False)
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    register_synthetic_panoptic(name, str(root), "train")
+    register_synthetic_panoptic(name, str(root), split)
     return name
+
+
+def random_demo_checkpoint(root, prefix, opts, count, seed):
+    """A registered synthetic val split of ``count`` images under ``root``/synthetic and a
+    checkpoint of the demo model (``opts`` applied) with randomised BatchNorm statistics.
+
+    Returns (the val image paths, ``opts`` + DATASETS.TRAIN/TEST + MODEL.WEIGHTS).
+    """
+    from efficientps.demo import setup_cfg
+
+    name = registered_synthetic_train_split(root / "synthetic", prefix, count, seed, "val")
+    opts = [*opts, "DATASETS.TEST", f"('{name}',)", "DATASETS.TRAIN", f"('{name}',)"]
+    torch.manual_seed(0)
+    model = build_model(setup_cfg(DEMO_CONFIG, opts))
+    randomise_batchnorm(model)
+    weights = root / "model.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    images = sorted((root / "synthetic" / "leftImg8bit" / "val" / "synth").glob("*.png"))
+    return images, [*opts, "MODEL.WEIGHTS", str(weights)]
 
 
 def flat_config(node, prefix=""):
@@ -143,12 +163,17 @@ def backbone_cfg(name="efficientnet-b0", **fpn):
     return cfg
 
 
-def load_train_net():
-    """The repository's train_net.py as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("train_net", TRAIN_NET)
+def load_script(path):
+    """A repository script (train_net.py, tools/*.py) as a module: they are not packaged."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, str(path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_train_net():
+    """The repository's train_net.py as a module."""
+    return load_script(TRAIN_NET)
 
 
 def small_inference_cfg(**overrides):

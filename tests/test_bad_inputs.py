@@ -8,9 +8,7 @@ from PIL import Image
 from efficientps.data import EfficientPSPanopticMapper
 from efficientps.data.datasets import DatasetFormatError
 
-from .helpers import CONFIGS, registered_synthetic_train_split, small_cfg
-
-DEMO_CONFIG = str(CONFIGS / "demo" / "efficientps_synthetic_cpu.yaml")
+from .helpers import DEMO_CONFIG, registered_synthetic_train_split, small_cfg
 
 # (key, bad value, what the message must say): each builds the model and must fail.
 BAD_MODEL_KEYS = [

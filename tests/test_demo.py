@@ -2,25 +2,18 @@
 pinned against the plain path in test_inference_path)."""
 
 import json
-import uuid
 
 import cv2
 import numpy as np
 import pytest
-import torch
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
 
-from efficientps import add_efficientps_config
 from efficientps.data import synthetic
-from efficientps.data.datasets import register_synthetic_panoptic
 from efficientps.demo import UnreadableInputError, ground_truth_vs_prediction_sheet
 from efficientps.demo import main as demo_main
 from efficientps.evaluation import read_panoptic_png
 
-from .helpers import CONFIGS, randomise_batchnorm
+from .helpers import DEMO_CONFIG, random_demo_checkpoint
 
-DEMO_CONFIG = str(CONFIGS / "demo" / "efficientps_synthetic_cpu.yaml")
 # Random weights score every class low: keep the detections so the instance path runs.
 KEEP_DETECTIONS = [
     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.EFFICIENTPS.FUSION_SCORE_THRESH", "0.0",
@@ -28,30 +21,12 @@ KEEP_DETECTIONS = [
 ]  # fmt: skip
 
 
-def demo_cfg(opts=()):
-    cfg = get_cfg()
-    add_efficientps_config(cfg)
-    cfg.merge_from_file(DEMO_CONFIG)
-    cfg.merge_from_list(list(opts))
-    return cfg
-
-
 @pytest.fixture(scope="module")
 def trained_files(tmp_path_factory):
     """A val split on disk, its registration, and a checkpoint of a (random) demo model."""
     root = tmp_path_factory.mktemp("demo_cli")
-    synthetic.generate_split(str(root / "synthetic"), "val", 3, seed=2, size=(64, 128),
-                             progress=False)  # fmt: skip
-    name = f"synth_demo_{uuid.uuid4().hex[:6]}"
-    register_synthetic_panoptic(name, str(root / "synthetic"), "val")
-    opts = [*KEEP_DETECTIONS, "DATASETS.TEST", f"('{name}',)", "DATASETS.TRAIN", f"('{name}',)"]
-    torch.manual_seed(0)
-    model = build_model(demo_cfg(opts))
-    randomise_batchnorm(model)
-    weights = root / "model.pth"
-    torch.save({"model": model.state_dict()}, weights)
-    images = sorted((root / "synthetic" / "leftImg8bit" / "val" / "synth").glob("*.png"))
-    return root, images, [*opts, "MODEL.WEIGHTS", str(weights)]
+    images, opts = random_demo_checkpoint(root, "synth_demo", KEEP_DETECTIONS, count=3, seed=2)
+    return root, images, opts
 
 
 def test_demo_writes_png_json_and_visualisation_per_image(trained_files, tmp_path):

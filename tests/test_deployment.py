@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 
 import cv2
 import numpy as np
@@ -20,7 +19,6 @@ import torch
 from detectron2.modeling import build_model
 
 from efficientps.data import synthetic
-from efficientps.data.datasets import register_synthetic_panoptic
 from efficientps.demo import PanopticPredictor, setup_cfg
 from efficientps.export import ExportError, export_metadata, export_onnx
 from efficientps.modeling.meta_arch.mask_paste import BoxMaskLogits
@@ -28,9 +26,17 @@ from efficientps.modeling.meta_arch.panoptic_fusion import fuse_panoptic
 from efficientps_runtime import InputImageError, ModelFolderError, PanopticFusion, Session
 from efficientps_runtime.session import resize_logits, resized_shape
 
-from .helpers import CONFIGS, REPO, randomise_batchnorm
+from .helpers import (
+    CONFIGS,
+    DEMO_CONFIG,
+    REPO,
+    load_script,
+    load_train_net,
+    random_demo_checkpoint,
+    randomise_batchnorm,
+    registered_synthetic_train_split,
+)
 
-DEMO_CONFIG = str(CONFIGS / "demo" / "efficientps_synthetic_cpu.yaml")
 EXPORT_TOOL = str(REPO / "tools" / "export_model.py")
 # Random weights score every class low: keep the detections so that the instance path runs.
 SMALL = [
@@ -40,30 +46,14 @@ SMALL = [
 
 
 def load_export_tool():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("export_model", EXPORT_TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXPORT_TOOL)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """Val images, a checkpoint of a small random demo model, and its export."""
     root = tmp_path_factory.mktemp("deploy")
-    synthetic.generate_split(str(root / "synthetic"), "val", 4, seed=3, size=(64, 128),
-                             progress=False)  # fmt: skip
-    name = f"synth_deploy_{uuid.uuid4().hex[:6]}"
-    register_synthetic_panoptic(name, str(root / "synthetic"), "val")
-    opts = [*SMALL, "DATASETS.TEST", f"('{name}',)", "DATASETS.TRAIN", f"('{name}',)"]
-    torch.manual_seed(0)
-    model = build_model(setup_cfg(DEMO_CONFIG, opts))
-    randomise_batchnorm(model)
-    weights = root / "model.pth"
-    torch.save({"model": model.state_dict()}, weights)
-    opts += ["MODEL.WEIGHTS", str(weights)]
-    images = sorted((root / "synthetic" / "leftImg8bit" / "val" / "synth").glob("*.png"))
+    images, opts = random_demo_checkpoint(root, "synth_deploy", SMALL, count=4, seed=3)
     model_dir = root / "exported"
     report = load_export_tool().main(
         ["--config-file", DEMO_CONFIG, "--output", str(model_dir),
@@ -323,16 +313,11 @@ def test_paper_and_official_configs_export(config, tmp_path):
 def test_trained_model_exports_with_the_pytorch_segments(tmp_path):
     """Trained weights (random ones make near-ties): the tiny demo trained for 150 iterations
     in this process, exported, and checked by the export tool on its val images."""
-    from .helpers import load_train_net
-
     root = tmp_path / "datasets"
-    for split, count in (("train", 12), ("val", 4)):
-        synthetic.generate_split(str(root / "synthetic"), split, count, seed=1, size=(64, 128),
-                                 progress=False)  # fmt: skip
-    names = {}
-    for split in ("train", "val"):
-        names[split] = f"synth_deploy_{split}_{uuid.uuid4().hex[:6]}"
-        register_synthetic_panoptic(names[split], str(root / "synthetic"), split)
+    names = {
+        split: registered_synthetic_train_split(root / "synthetic", "synth_deploy", count, 1, split)
+        for split, count in (("train", 12), ("val", 4))
+    }
     common = [
         "INPUT.CROP.SIZE", "[64, 128]", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128",
         "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "128", "SOLVER.IMS_PER_BATCH",

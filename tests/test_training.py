@@ -17,9 +17,8 @@ from efficientps.data.datasets import register_synthetic_panoptic
 from efficientps.engine import ResumableTrainingSampler
 
 from .dataset_trees import REPO
-from .helpers import TRAIN_NET, load_train_net
+from .helpers import DEMO_CONFIG, TRAIN_NET, load_train_net
 
-DEMO_CONFIG = str(REPO / "configs" / "demo" / "efficientps_synthetic_cpu.yaml")
 # The demo config made tiny: 64x128 images, batch 2, no loader workers.
 TINY = [
     "INPUT.CROP.SIZE", "[64, 128]", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128",

@@ -21,11 +21,9 @@ import os
 import sys
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone
 
-from efficientps import add_efficientps_config
-from efficientps.engine.cpu_norms import cpu_safe_norms
+from efficientps.engine.cpu_norms import conversion_cfg
 from efficientps.imagenet_weights import (
     ImageNetWeightsError,
     check_source_settings,
@@ -71,13 +69,8 @@ def efficientnet_of(backbone):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = get_cfg()
-    add_efficientps_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = "cpu"
+    cfg = conversion_cfg(args.config_file, args.opts)
     cfg.MODEL.EFFICIENTNET.WEIGHTS = ""
-    cpu_safe_norms(cfg, world_size=1, warn=False)  # the same tensors as SyncBN's
     try:
         state = read_state_dict(args.input)
         family = source_family(args.input, layout_of(state, args.input), args.source)

@@ -21,12 +21,10 @@ import argparse
 import os
 import sys
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from efficientps import add_efficientps_config
 from efficientps.authors_weights import convert_official_checkpoint
-from efficientps.engine.cpu_norms import cpu_safe_norms
+from efficientps.engine.cpu_norms import conversion_cfg
 
 DEFAULT_CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -47,12 +45,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = get_cfg()
-    add_efficientps_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = "cpu"
-    cpu_safe_norms(cfg, world_size=1, warn=False)  # the same tensors as SyncBN's
+    cfg = conversion_cfg(args.config_file, args.opts)
     model = build_model(cfg)
     try:
         report = convert_official_checkpoint(args.input, args.output, model)

@@ -27,7 +27,7 @@ from efficientps.demo import PanopticPredictor, setup_cfg  # noqa: E402
 from efficientps.export import ExportError, export_metadata, export_onnx, write_metadata  # noqa
 from efficientps_runtime import Session  # noqa: E402
 from efficientps_runtime.agreement import matching_pixel_share  # noqa: E402
-from efficientps_runtime.session import BACKENDS  # noqa: E402
+from efficientps_runtime.session import BACKENDS, graph_input  # noqa: E402
 
 FORMATS = ("onnx", "torch_export")
 
@@ -104,7 +104,7 @@ def main(argv=None):
     os.makedirs(args.output, exist_ok=True)
     metadata = export_metadata(cfg, predictor.model)
     # The graph is recorded on the image as the runtime will feed it (resized, channel order).
-    session_input = _graph_input(image, metadata["input"])
+    session_input = graph_input(image, metadata["input"], channel_order="BGR")
     start = time.perf_counter()
     export_onnx(predictor.model, session_input, os.path.join(args.output, "model.onnx"), args.opset)
     write_metadata(metadata, args.output)
@@ -149,16 +149,6 @@ def check_images(predictor, session, patterns):
     for name, value in worst.items():
         print(f"  {name}: {value}")
     return worst
-
-
-def _graph_input(image_bgr, input_spec):
-    from efficientps_runtime.session import resize_image, resized_shape
-
-    image = image_bgr if input_spec["channel_order"] == "BGR" else image_bgr[:, :, ::-1]
-    height, width = resized_shape(
-        *image.shape[:2], input_spec["min_size_test"], input_spec["max_size_test"]
-    )
-    return np.ascontiguousarray(resize_image(np.ascontiguousarray(image), height, width))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
 import logging
 
+from detectron2.config import get_cfg
+
+from ..config import add_efficientps_config
+
 logger = logging.getLogger(__name__)
 
 NORM_KEYS = (
@@ -31,3 +35,14 @@ def cpu_safe_norms(cfg, world_size, warn=True):
                 )
             cfg.MODEL[node][key] = replacement
     return cfg
+
+
+def conversion_cfg(config_file, opts=()):
+    """The config to build a model on the CPU in this process only for its tensors (the
+    checkpoint converters): ``config_file`` + ``opts``, CPU, SyncBN as BN (same tensors)."""
+    cfg = get_cfg()
+    add_efficientps_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    cfg.MODEL.DEVICE = "cpu"
+    return cpu_safe_norms(cfg, world_size=1, warn=False)

@@ -1,0 +1,27 @@
+"""Command-line inputs: files, globs and folders to a list of paths (the runtime's and the
+PyTorch demo's ``--input``)."""
+
+import glob
+import os
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+def expand_inputs(patterns, extensions=IMAGE_EXTENSIONS, kinds="image"):
+    """Files, globs and folders -> paths, in order (a folder gives its files whose extension is
+    one of ``extensions``, sorted). A pattern matching nothing fails naming it; ``kinds`` says
+    what it should have matched ("image", "image, video")."""
+    paths = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = [
+                os.path.join(pattern, f)
+                for f in sorted(os.listdir(pattern))
+                if os.path.splitext(f)[1].lower() in extensions
+            ]
+        else:
+            found = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not found:
+            raise FileNotFoundError(f"--input {pattern!r} matches no {kinds} or folder")
+        paths.extend(found)
+    return paths
