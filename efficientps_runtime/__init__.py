@@ -14,6 +14,7 @@ from .fusion import PanopticFusion
 from .session import (
     InputImageError,
     ModelFolderError,
+    PrecisionError,
     Prediction,
     Session,
     read_metadata,
@@ -24,6 +25,7 @@ __all__ = [
     "InputImageError",
     "ModelFolderError",
     "PanopticFusion",
+    "PrecisionError",
     "Prediction",
     "Session",
     "read_metadata",

@@ -12,7 +12,7 @@ import cv2
 
 from .inputs import expand_inputs
 from .outputs import write_prediction
-from .session import BACKENDS, Session
+from .session import BACKENDS, PRECISIONS, Session
 
 
 def main(argv=None):
@@ -22,9 +22,17 @@ def main(argv=None):
     parser.add_argument("--output", required=True, help="folder for the outputs")
     parser.add_argument("--threads", type=int, default=None, help="inference threads")
     parser.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="fp32 on every CPU (default); bf16: OpenVINO on CPUs with AVX512-BF16 or AMX",
+    )
     args = parser.parse_args(argv)
     paths = expand_inputs(args.input)
-    session = Session(args.model, backend=args.backend, threads=args.threads)
+    session = Session(
+        args.model, backend=args.backend, threads=args.threads, precision=args.precision
+    )
     os.makedirs(args.output, exist_ok=True)
     classes = {c["dataset_id"]: c for c in session.metadata["classes"]}
     start = time.perf_counter()

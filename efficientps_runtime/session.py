@@ -128,6 +128,14 @@ class Prediction:
 
 
 BACKENDS = ("onnxruntime", "openvino")
+# What the graph computes in. float32 unless asked otherwise: OpenVINO's CPU plugin would
+# otherwise pick bfloat16 by itself on CPUs with AVX512-BF16 or AMX (Intel Xeon 4th gen+, AMD
+# Zen 4+), and results would depend on the machine.
+PRECISIONS = ("fp32", "bf16")
+
+
+class PrecisionError(ValueError):
+    """A precision the backend or this CPU cannot compute natively."""
 
 
 class Session:
@@ -138,11 +146,22 @@ class Session:
         backend: "onnxruntime" (default) or "openvino" (its CPU plugin; ``pip install openvino``).
         providers: onnxruntime execution providers (default: CPU).
         threads: inference threads (default: the backend's, one per core).
+        precision: "fp32" (default, on every CPU and backend) or "bf16" (OpenVINO on a CPU
+            with native bfloat16: AVX512-BF16 or AMX; refused elsewhere, never emulated).
     """
 
-    def __init__(self, model_dir, backend="onnxruntime", providers=None, threads=None):
+    def __init__(
+        self, model_dir, backend="onnxruntime", providers=None, threads=None, precision="fp32"
+    ):
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r}; expected one of {BACKENDS}")
+        if precision not in PRECISIONS:
+            raise PrecisionError(f"precision={precision!r}; expected one of {PRECISIONS}")
+        if precision != "fp32" and backend != "openvino":
+            raise PrecisionError(
+                f"precision={precision!r} needs backend='openvino' (onnxruntime's CPU provider "
+                "computes this graph in float32 only)"
+            )
         self.metadata = read_metadata(model_dir)
         model_path = os.path.join(model_dir, self.metadata.get("model", "model.onnx"))
         if not os.path.isfile(model_path):
@@ -151,14 +170,15 @@ class Session:
             )
         try:
             if backend == "openvino":
-                self._run = _openvino_graph(model_path, threads)
+                self._run = _openvino_graph(model_path, threads, precision)
             else:
                 self._run = _onnxruntime_graph(model_path, providers, threads)
-        except ImportError:
+        except (ImportError, PrecisionError):
             raise
         except Exception as error:  # the backends raise their own Fail/InvalidGraph types
             raise ModelFolderError(f"{model_path}: {backend} cannot load it ({error})") from error
         self.backend = backend
+        self.precision = precision
         self.input = self.metadata["input"]
         self.fusion = PanopticFusion.from_metadata(self.metadata)
         self.classes = {c["channel"]: c for c in self.metadata["classes"]}
@@ -224,7 +244,10 @@ def _onnxruntime_graph(model_path, providers, threads):
     return lambda image: session.run(None, {name: image})
 
 
-def _openvino_graph(model_path, threads):
+OPENVINO_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
+def _openvino_graph(model_path, threads, precision="fp32"):
     try:
         import openvino
     except ImportError as error:
@@ -232,7 +255,15 @@ def _openvino_graph(model_path, threads):
             "backend 'openvino' needs the openvino package: pip install openvino"
         ) from error
     core = openvino.Core()
-    config = {"PERFORMANCE_HINT": "LATENCY"}
+    if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        raise PrecisionError(
+            "precision='bf16': this CPU has no native bfloat16 (AVX512-BF16 or AMX); OpenVINO "
+            "would emulate it, slower than float32. Use precision='fp32'"
+        )
+    config = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION_HINTS[precision],
+    }
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     compiled = core.compile_model(core.read_model(model_path), "CPU", config)
@@ -242,6 +273,7 @@ def _openvino_graph(model_path, threads):
         results = compiled([image])
         return [results[output] for output in outputs]
 
+    run.inference_precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
     return run
 
 

@@ -23,7 +23,13 @@ from efficientps.demo import PanopticPredictor, setup_cfg
 from efficientps.export import ExportError, export_metadata, export_onnx
 from efficientps.modeling.meta_arch.mask_paste import BoxMaskLogits
 from efficientps.modeling.meta_arch.panoptic_fusion import fuse_panoptic
-from efficientps_runtime import InputImageError, ModelFolderError, PanopticFusion, Session
+from efficientps_runtime import (
+    InputImageError,
+    ModelFolderError,
+    PanopticFusion,
+    PrecisionError,
+    Session,
+)
 from efficientps_runtime.session import resize_logits, resized_shape
 
 from .helpers import (
@@ -120,6 +126,33 @@ def test_runtime_reproduces_the_pytorch_predictor_on_the_val_images(exported, ba
             same_segments(ids.numpy(), segments, prediction.panoptic, prediction.segments_info)
             things += sum(s["isthing"] for s in segments)
     assert things > 0  # the instance path ran
+
+
+def test_precision_is_float32_unless_asked_on_every_cpu(exported):
+    """OpenVINO's CPU plugin picks bfloat16 by itself on CPUs with AVX512-BF16/AMX; the session
+    asks for float32, so results do not depend on the machine. bf16 is explicit, and refused
+    where the CPU would emulate it or the backend has none."""
+    model_dir, images, predictor, _ = exported
+    session = Session(model_dir, backend="openvino")
+    assert session.precision == "fp32"
+    assert session._run.inference_precision == "<Type: 'float32'>"
+    with pytest.raises(PrecisionError, match="needs backend='openvino'"):
+        Session(model_dir, precision="bf16")
+    with pytest.raises(PrecisionError, match="expected one of"):
+        Session(model_dir, backend="openvino", precision="fp8")
+    import openvino
+
+    if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        with pytest.raises(PrecisionError, match="no native bfloat16"):
+            Session(model_dir, backend="openvino", precision="bf16")
+        return
+    bf16 = Session(model_dir, backend="openvino", precision="bf16")
+    assert bf16._run.inference_precision == "<Type: 'bfloat16'>"
+    image = cv2.imread(str(images[0]))
+    exact = session.predict_full(image).sem_logits
+    reduced = bf16.predict_full(image).sem_logits
+    error = np.abs(reduced - exact).max() / np.abs(exact).max()
+    assert 1e-6 < error < 0.1  # really computed in bf16 (8 mantissa bits), and still close
 
 
 def assert_graph_outputs_match(got, expected):
