@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...class_tables import PanopticClassTables
-from ..inplace_abn import convert_to_inplace_abn
+from ..inplace_abn import convert_to_inplace_abn, refresh_small_channels
 from ..layers import configure_inference
 from .fusion_module import EfficientPSPanopticFusion
 
@@ -153,6 +153,7 @@ class EfficientPS(nn.Module):
         """
         if not self.training:
             return self.inference(batched_inputs)
+        refresh_small_channels(self)  # one host read for all iABN layers, not one per layer
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         sem_targets = ImageList.from_tensors(
