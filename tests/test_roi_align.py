@@ -61,3 +61,25 @@ def test_roi_heads_use_it_and_it_can_be_switched_off():
     cfg.MODEL.ROI_HEADS.FAST_CPU_ROI_ALIGN = False
     heads = build_roi_heads(cfg, shapes)
     assert not isinstance(heads.box_pooler.level_poolers[0], FastCPUROIAlign)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("path", ["embedding_bag", "torchvision"])
+def test_boxes_are_not_rounded_to_the_features_dtype(dtype, path):
+    """Under AMP (or INFERENCE_DTYPE float16/bfloat16) the features are low precision; boxes at
+    x > 1024 would move by 1 px (float16) or 8-16 px (bfloat16) if cast to their dtype."""
+    from efficientps.modeling.roi_align import roi_align_float32_boxes
+
+    pool = roi_align_embedding_bag if path == "embedding_bag" else roi_align_float32_boxes
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(1, 4, 40, 400, generator=generator).to(dtype)  # stride 4: 1600 px
+    x0 = torch.tensor([1031.3, 1217.7, 1499.1])
+    rois = torch.stack([torch.zeros(3), x0, x0 * 0 + 17.3, x0 + 45.6, x0 * 0 + 83.9], dim=1)
+    assert not torch.equal(rois.to(dtype).float(), rois)  # these boxes do not survive a cast
+    got = pool(features, rois, (7, 7), 0.25, 2, True)
+    assert got.dtype == dtype
+    expected = roi_align(features.float(), rois, (7, 7), 0.25, 2, True)
+    rounded = roi_align(features.float(), rois.to(dtype).float(), (7, 7), 0.25, 2, True)
+    tolerance = 2 * torch.finfo(dtype).eps * expected.abs().max()
+    assert (got.float() - expected).abs().max() <= tolerance
+    assert (rounded - expected).abs().max() > 10 * tolerance  # the test can tell them apart

@@ -56,7 +56,10 @@ def roi_align_embedding_bag(features, rois, output_size, spatial_scale, sampling
     num_rois = rois.shape[0]
     if num_rois == 0:
         return features.new_zeros(0, channels, out_h, out_w)
-    rois = rois.to(features.dtype)
+    # Box coordinates stay in float32 (or float64) whatever the features' dtype: float16 rounds
+    # them to 1 px above x = 1024, bfloat16 to 8-16 px. Only the tap weights take the features'
+    # dtype, as embedding_bag needs.
+    rois = rois.to(torch.promote_types(rois.dtype, torch.float32))
     offset = 0.5 if aligned else 0.0
     x0, y0, x1, y1 = (rois[:, i] * spatial_scale - offset for i in range(1, 5))
     roi_w, roi_h = x1 - x0, y1 - y0
@@ -68,7 +71,7 @@ def roi_align_embedding_bag(features, rois, output_size, spatial_scale, sampling
     else:  # adaptive: ceil(roi size / bins) sampling points per bin, per ROI
         grid_h = torch.ceil(roi_h / out_h).long().clamp(min=0)
         grid_w = torch.ceil(roi_w / out_w).long().clamp(min=0)
-    count = (grid_h * grid_w).clamp(min=1).to(features.dtype)
+    count = (grid_h * grid_w).clamp(min=1).to(rois.dtype)
     image = rois[:, 0].long()
 
     # ROIs with the same sampling grid share a tap count; each group is laid out exactly (no
@@ -98,12 +101,30 @@ def roi_align_embedding_bag(features, rois, output_size, spatial_scale, sampling
     bag_sizes = torch.cat(bag_sizes)
     offsets = torch.cumsum(bag_sizes, 0) - bag_sizes
     table = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
+    weights = torch.cat(weights).to(features.dtype)
     pooled = F.embedding_bag(
-        torch.cat(indices), table, offsets, per_sample_weights=torch.cat(weights), mode="sum"
+        torch.cat(indices), table, offsets, per_sample_weights=weights, mode="sum"
     )
     output = pooled.new_empty(num_rois, out_h, out_w, channels)
     output[torch.cat(order)] = pooled.view(-1, out_h, out_w, channels)
     return output.permute(0, 3, 1, 2).contiguous()
+
+
+def roi_align_float32_boxes(features, rois, output_size, spatial_scale, sampling_ratio, aligned):
+    """torchvision's ``roi_align`` without rounding the boxes to the features' dtype.
+
+    Its kernel wants boxes in the features' dtype (detectron2's ROIAlign casts them): float16
+    features get float32 pooling of float32 boxes, the result cast back, as torchvision's own
+    autocast wrapper does under AMP.
+    """
+    if features.dtype in (torch.float16, torch.bfloat16):
+        pooled = torchvision_roi_align(
+            features.float(), rois.float(), output_size, spatial_scale, sampling_ratio, aligned
+        )
+        return pooled.to(features.dtype)
+    return torchvision_roi_align(
+        features, rois.to(features.dtype), output_size, spatial_scale, sampling_ratio, aligned
+    )
 
 
 class FastCPUROIAlign(nn.Module):
@@ -129,13 +150,8 @@ class FastCPUROIAlign(nn.Module):
                 self.sampling_ratio,
                 self.aligned,
             )
-        return torchvision_roi_align(
-            features,
-            rois.to(features.dtype),
-            self.output_size,
-            self.spatial_scale,
-            self.sampling_ratio,
-            self.aligned,
+        return roi_align_float32_boxes(
+            features, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned
         )
 
     def extra_repr(self):
