@@ -21,6 +21,11 @@ from efficientps.engine import launch
 from efficientps.engine.checkpoint import load_weights_or_fail
 from efficientps.engine.cpu_norms import cpu_safe_norms
 
+# torch's default intra-op thread count of a fresh process (one per physical core); each of
+# the N processes on a machine takes 1/N of it, set in the process itself: spawned processes
+# start with the default again, whatever the parent set.
+DEFAULT_THREADS = torch.get_num_threads()
+
 
 def build_config(args):
     cfg = get_cfg()
@@ -42,7 +47,12 @@ def setup(args):
     return cfg
 
 
+def share_threads(num_processes_per_machine):
+    torch.set_num_threads(max(1, DEFAULT_THREADS // max(1, num_processes_per_machine)))
+
+
 def main(args):
+    share_threads(args.num_gpus)
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
@@ -72,7 +82,6 @@ def parse_args(argv=None):
 def run(args):
     """Launch ``main`` on the processes the arguments ask for (GPUs, or gloo CPU processes)."""
     device = build_config(args).MODEL.DEVICE
-    torch.set_num_threads(max(1, torch.get_num_threads() // max(1, args.num_gpus)))
     return launch(
         main,
         args.num_gpus,

@@ -24,7 +24,13 @@ CITYSCAPES_CONFIG = os.path.join(
 )
 
 
-def machine_line():
+def machine_line(device="cpu"):
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return (
+            f"{torch.cuda.get_device_name()}, CUDA {torch.version.cuda}, "
+            f"cuDNN {torch.backends.cudnn.version()}, torch {torch.__version__}, "
+            f"TF32 convolutions {'on' if torch.backends.cudnn.allow_tf32 else 'off'}"
+        )
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:

@@ -14,6 +14,8 @@ detections per image (random weights would otherwise give each a different numbe
   user path        what a user runs: build_model(cfg), DetectionCheckpointer(model).load(file),
                    model.eval(), model(inputs) -- default config, no other call
   user path, bf16  the same with MODEL.EFFICIENTPS.INFERENCE_DTYPE bfloat16
+  user path, fp16  the same with float16 (GPUs; Panoptic FPN then also runs under float16
+                   autocast, a row of its own)
   onnxruntime      the exported model (tools/export_model.py's export) under efficientps_runtime:
                    uint8 image in, panoptic out, NumPy fusion included (test size = the input),
                    timed in a process without torch (benchmarks/runtime_worker.py)
@@ -21,7 +23,8 @@ detections per image (random weights would otherwise give each a different numbe
   torch.compile    the user path with its norms folded (fold_for_export) and the backbone and
                    semantic head compiled by torch.compile (compilation in the warm-up)
 Outputs of each variant are compared with the plain model's (same panoptic ids, semantic logits)
-in a separate child process.
+in a separate child process. On a GPU (--device cuda) the default variants are plain, user path
+and its fp16 and bf16 forms (the runtime is CPU-only), and memory is CUDA's peak allocation.
 """
 
 import argparse
@@ -49,6 +52,8 @@ from efficientps_runtime.agreement import matching_pixel_share
 
 DETECTIONS = 50
 VARIANTS = ["plain", "user path", "user path, bf16", "onnxruntime", "openvino", "torch.compile"]
+GPU_VARIANTS = ["plain", "user path", "user path, fp16", "user path, bf16"]
+REDUCED = {"fp16": "float16", "bf16": "bfloat16"}
 RUNTIME_BACKENDS = ("onnxruntime", "openvino")
 
 
@@ -60,8 +65,8 @@ def efficientps_variant_cfg(variant, device="cpu"):
     ]  # fmt: skip
     if variant == "plain":
         opts += ["MODEL.ROI_HEADS.FAST_CPU_ROI_ALIGN", "False"]
-    if variant.endswith("bf16"):
-        opts += ["MODEL.EFFICIENTPS.INFERENCE_DTYPE", "bfloat16"]
+    if variant[-4:] in REDUCED:
+        opts += ["MODEL.EFFICIENTPS.INFERENCE_DTYPE", REDUCED[variant[-4:]]]
     return efficientps_cfg(opts=opts, device=device)
 
 
@@ -101,9 +106,13 @@ def build_predict(kind, variant, height, width, device="cpu"):
         fold_for_export(model)
         model.backbone = torch.compile(model.backbone)
         model.sem_seg_head = torch.compile(model.sem_seg_head)
+    # Panoptic FPN has no inference dtype of its own: autocast around it.
+    reduced = kind != "efficientps" and variant[-4:] in REDUCED
+    dtype = getattr(torch, REDUCED.get(variant[-4:], "float32"))
 
     def predict(inputs):
-        output = model(inputs)[0]
+        with torch.autocast(torch.device(device).type, dtype=dtype, enabled=reduced):
+            output = model(inputs)[0]
         return output["panoptic_seg"][0], output["sem_seg"]
 
     return predict
@@ -195,7 +204,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["1024x2048", "512x1024"])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=None, choices=VARIANTS + GPU_VARIANTS)
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "VARIANT", "SIZE"))
     parser.add_argument("--check", action="store_true", help="worker: compare with plain")
     parser.add_argument("--export", nargs=2, metavar=("SIZE", "DIR"), help="worker: export")
@@ -216,12 +225,17 @@ def main(argv=None):
             print(json.dumps(timing_worker(kind, variant, height, width, args.runs, args.device)))
         return
 
-    print(f"End-to-end inference benchmark on: {machine_line()}")
+    on_gpu = args.device.startswith("cuda")
+    variants = args.variants or (GPU_VARIANTS if on_gpu else VARIANTS)
+    print(f"End-to-end inference benchmark on: {machine_line(args.device)}")
     rows = []
     for size in args.sizes:
         baseline = run_child("panoptic_fpn", "plain", size, args.runs, device=args.device)
         results = [("Panoptic FPN R50", baseline, None)]
-        for variant in args.variants:
+        if "user path, fp16" in variants:
+            fp16 = run_child("panoptic_fpn", "user path, fp16", size, args.runs, device=args.device)
+            results.append(("Panoptic FPN R50 fp16", fp16, None))
+        for variant in variants:
             timing = run_child("efficientps", variant, size, args.runs, device=args.device)
             check = None
             if variant != "plain":
@@ -245,7 +259,8 @@ def main(argv=None):
             )  # fmt: skip
     print_table(
         f"End-to-end inference on {args.device}, batch 1, median of {args.runs} after a warm-up",
-        ("input", "model", "s/img", "x PFPN", "peak RSS MB", "x PFPN", "check vs plain"),
+        ("input", "model", "s/img", "x PFPN", "peak GPU MB" if on_gpu else "peak RSS MB", "x PFPN",
+         "check vs plain"),  # fmt: skip
         rows,
     )
 

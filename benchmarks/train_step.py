@@ -58,9 +58,33 @@ MODELS = {
     "efficientps_iabn": "EfficientPS-b5, iABN (default)",
     "efficientps_iabn_ckpt": "EfficientPS-b5, iABN + activation checkpointing",
 }
+# On a GPU, also detectron2's AMP (SOLVER.AMP.ENABLED: float16 autocast + gradient scaling).
+GPU_MODELS = {
+    "panoptic_fpn_amp": "Panoptic FPN R50, AMP float16",
+    "efficientps_iabn_amp": "EfficientPS-b5, iABN, AMP float16",
+}
+
+
+def sgd_step(model, inputs, amp=False):
+    """One training iteration as detectron2's SimpleTrainer / AMPTrainer runs it."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    device = next(model.parameters()).device.type
+    scaler = torch.amp.GradScaler(device, enabled=amp)
+
+    def step():
+        with torch.autocast(device, dtype=torch.float16, enabled=amp):
+            losses = model(inputs)
+        optimizer.zero_grad()
+        scaler.scale(sum(losses.values())).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step
 
 
 def worker(kind, height, width, runs, device="cpu"):
+    amp = kind.endswith("_amp")
+    kind = kind.removesuffix("_amp")
     if kind.startswith("efficientps"):
         inplace_abn = str(kind.startswith("efficientps_iabn"))
         checkpointing = str(kind.endswith("_ckpt"))
@@ -84,14 +108,9 @@ def worker(kind, height, width, runs, device="cpu"):
         model = build(cfg)
         inputs = batch(height, width, 12, thing_offset=None)  # PanopticFPN: things = class 0
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-
-    def step():
-        losses = model(inputs)
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
-
+    step = sgd_step(model, inputs, amp)
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     with EventStorage(0):
         seconds, times = median_seconds(step, runs=runs, device=device)
     return {"seconds": seconds, "times": times, "peak_rss_mb": peak_memory_mb(device)}
@@ -114,7 +133,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="512x1024", help="HxW crop")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--worker", choices=list(MODELS))
+    parser.add_argument("--worker", choices=[*MODELS, *GPU_MODELS])
     parser.add_argument(
         "--device", default="cpu", help="cpu or cuda (GPU: memory is CUDA's peak allocation)"
     )
@@ -123,15 +142,17 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(worker(args.worker, height, width, args.runs, args.device)))
         return
-    print(f"Training-step benchmark on: {machine_line()}")
+    print(f"Training-step benchmark on: {machine_line(args.device)}")
     rows = []
-    for allocator in ALLOCATORS:
+    on_gpu = args.device.startswith("cuda")
+    for allocator in ALLOCATORS if not on_gpu else ["glibc default"]:
+        kinds = [*MODELS, *(GPU_MODELS if on_gpu else ())]
         results = {
-            kind: run_child(kind, args.size, args.runs, allocator, args.device) for kind in MODELS
+            kind: run_child(kind, args.size, args.runs, allocator, args.device) for kind in kinds
         }
         baseline = results["panoptic_fpn"]
         rows += [
-            (allocator, MODELS[kind], f"{r['seconds']:.2f}",
+            (allocator, {**MODELS, **GPU_MODELS}[kind], f"{r['seconds']:.2f}",
              f"{r['seconds'] / baseline['seconds']:.2f}", f"{r['peak_rss_mb']:.0f}",
              f"{r['peak_rss_mb'] / baseline['peak_rss_mb']:.2f}")
             for kind, r in results.items()
@@ -139,7 +160,14 @@ def main(argv=None):
     print_table(
         f"Training step on {args.device}, batch 1, crop {args.size}, median of {args.runs} "
         "after a warm-up",
-        ("malloc", "model", "s/iter", "x PFPN", "peak RSS MB", "x PFPN"),
+        (
+            "malloc",
+            "model",
+            "s/iter",
+            "x PFPN",
+            "peak GPU MB" if on_gpu else "peak RSS MB",
+            "x PFPN",
+        ),
         rows,
     )
 

@@ -304,7 +304,7 @@ def test_authors_rule_gives_fl_zero_outside_the_paste():
 def test_authors_ml_b_window_by_hand():
     from efficientps.modeling.meta_arch.panoptic_fusion import _authors_box_slices, _box_slices
 
-    box = torch.tensor([10.3, 5.0, 20.0, 15.6])
+    box = torch.tensor([10.3, 5.0, 20.0, 15.6]).tolist()  # float32 values, as read from boxes
     # Theirs, inclusive box (10.3, 5.0, 19.0, 14.6): x from int(11.3) = 11 to round(18.0) = 18,
     # y from int(6.0) = 6 to round(13.6) = 14, both ends included.
     assert _authors_box_slices(box, 100, 100) == (slice(6, 15), slice(11, 19))

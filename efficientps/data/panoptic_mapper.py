@@ -81,6 +81,9 @@ class EfficientPSPanopticMapper:
         self.ignore_label = ignore_label
         self.thing_index = class_tables.thing_index_of_channel()
         self.num_segments_missing_from_png = 0
+        # Panoptic PNGs whose ids were checked against their json: a full-size np.unique per
+        # file once per worker, not once per epoch.
+        self._checked_files = set()
         logger.info(f"[EfficientPSPanopticMapper] augmentations: {augmentations}")
 
     @classmethod
@@ -145,7 +148,9 @@ class EfficientPSPanopticMapper:
                 f"panoptic PNG {pan_file} is {pan_rgb.shape[1]}x{pan_rgb.shape[0]} but its image "
                 f"{record['file_name']} is {record['width']}x{record['height']}"
             )
-        self._check_ids(rgb_to_id(pan_rgb), record)
+        if pan_file not in self._checked_files:
+            self._check_ids(rgb_to_id(pan_rgb), record)
+            self._checked_files.add(pan_file)
         ids = rgb_to_id(transforms.apply_segmentation(pan_rgb))
         record["sem_seg"], record["instances"] = self._targets(ids, record["segments_info"])
         return record

@@ -5,12 +5,14 @@ EfficientPS' loaders, evaluator and test-time augmentation.
 Built on detectron2's public API only, so that it behaves the same on v0.6 and on main.
 """
 
+import inspect
 import logging
 import os
 import weakref
 from collections import OrderedDict
 
 from detectron2.data import (
+    build_batch_data_loader,
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
@@ -33,6 +35,14 @@ from .optimizer import build_optimizer
 from .sampler import ResumableTrainingSampler
 
 logger = logging.getLogger("efficientps")
+
+
+def _pinned_memory_option(cfg):
+    """``pin_memory=True`` for GPU training where detectron2's loader takes it (main since
+    2023; v0.6 has no such argument): page-locked batches copy to the GPU asynchronously."""
+    takes_it = "pin_memory" in inspect.signature(build_batch_data_loader).parameters
+    on_gpu = str(cfg.MODEL.DEVICE).startswith("cuda")
+    return {"pin_memory": True} if takes_it and on_gpu else {}
 
 
 class StartsOnFirstBatch:
@@ -157,6 +167,7 @@ class EfficientPSTrainer(DefaultTrainer):
             total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
             aspect_ratio_grouping=False,
             num_workers=cfg.DATALOADER.NUM_WORKERS,
+            **_pinned_memory_option(cfg),
         )
 
     @classmethod

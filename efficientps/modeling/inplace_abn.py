@@ -217,14 +217,15 @@ class InPlaceABN(nn.BatchNorm2d):
         """
         key, small = self._small_channels
         if key != self._weight_key():
-            flags = (self.weight.detach().abs() < SMALL_WEIGHT).cpu()
+            flags = (self.weight.detach().abs() < SMALL_WEIGHT).tolist()
             self._set_small_channels(flags)
             small = self._small_channels[1]
         return small
 
     def _set_small_channels(self, flags):
-        small = torch.nonzero(flags).flatten()
-        small = small.to(self.weight.device) if len(small) else None
+        """``flags``: a host list of bools, one per channel."""
+        small = [channel for channel, is_small in enumerate(flags) if is_small]
+        small = torch.tensor(small, device=self.weight.device) if small else None
         self._small_channels = (self._weight_key(), small)
 
     def _function_args(self):
@@ -252,8 +253,11 @@ def refresh_small_channels(module):
     if not stale:
         return
     flags = torch.cat([(m.weight.abs() < SMALL_WEIGHT).to(stale[0].weight.device) for m in stale])
-    for layer, layer_flags in zip(stale, flags.cpu().split([m.num_features for m in stale])):
-        layer._set_small_channels(layer_flags)
+    flags = flags.tolist()  # the one host read
+    start = 0
+    for layer in stale:
+        layer._set_small_channels(flags[start : start + layer.num_features])
+        start += layer.num_features
 
 
 def _slope_of(activation):

@@ -131,7 +131,8 @@ class EfficientPS(nn.Module):
 
     def preprocess_image(self, batched_inputs):
         images = [
-            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+            (x["image"].to(self.device, non_blocking=True) - self.pixel_mean) / self.pixel_std
+            for x in batched_inputs
         ]
         return ImageList.from_tensors(images, self.backbone.size_divisibility)
 

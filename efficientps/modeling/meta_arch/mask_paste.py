@@ -68,6 +68,7 @@ class BoxMaskLogits:
         self.masks = mask_logits
         self.boxes = boxes.to(mask_logits.dtype)
         self.shape = (len(mask_logits), height, width)
+        self._host_boxes = None  # read from the device once, for every window
 
     def __len__(self):
         return self.shape[0]
@@ -81,7 +82,9 @@ class BoxMaskLogits:
         Pixel p is reached when its centre lies within half a mask cell of the box:
         start - cell/2 < p + 0.5 < end + cell/2 (cell = box extent / mask size).
         """
-        x0, y0, x1, y1 = self.boxes[row].tolist()
+        if self._host_boxes is None:
+            self._host_boxes = self.boxes.tolist()
+        x0, y0, x1, y1 = self._host_boxes[row]
         mask_height, mask_width = self.masks.shape[1:]
         return (
             _support(y0, y1, mask_height, self.shape[1]),

@@ -16,8 +16,8 @@ def fused_instance_logits(ml_a, ml_b):
 
 
 def _box_slices(box, height, width):
-    """The pixels a box touches."""
-    x0, y0, x1, y1 = box.tolist()
+    """The pixels a box touches; ``box`` a host list (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = box
     xs = slice(max(0, int(x0)), min(width, int(-(-x1 // 1))))
     ys = slice(max(0, int(y0)), min(height, int(-(-y1 // 1))))
     return ys, xs
@@ -26,7 +26,7 @@ def _box_slices(box, height, width):
 def _authors_box_slices(box, height, width):
     """The ML_B window of the authors' code: from int(x0 + 1) to round(x1 - 1) inclusive in
     their inclusive coordinates (x1 - 1 there), i.e. about a pixel inside the box."""
-    x0, y0, x1, y1 = box.tolist()
+    x0, y0, x1, y1 = box
     inclusive_x1, inclusive_y1 = x1 - 1, y1 - 1  # detectron2's continuous box -> theirs
     xs = slice(max(int(x0 + 1), 0), min(int(round(inclusive_x1 - 1)) + 1, width))
     ys = slice(max(int(y0 + 1), 0), min(int(round(inclusive_y1 - 1)) + 1, height))
@@ -80,6 +80,9 @@ def overlap_filter(mask_logits, overlap_thresh, order=None):
     taken. ``mask_logits``: (N, H, W) tensor or ``BoxMaskLogits``. ``order`` (K,) visits
     detection ``order[k]`` as instance k; None is 0..N-1.
 
+    Each decision stays on the device (no host read per detection: on a GPU each would wait
+    for the device); the windows come from the boxes, read once.
+
     Returns:
         owner: (H, W) int64 index k of the instance that took each pixel, -1 for none.
         kept: (K,) bool.
@@ -91,16 +94,15 @@ def overlap_filter(mask_logits, overlap_thresh, order=None):
     kept = torch.zeros(len(order), dtype=torch.bool, device=order.device)
     for i, row in enumerate(order.tolist()):
         ys, xs = source.window(row)  # the paste is 0 elsewhere: sigmoid 0.5, not > 0.5
+        if ys.stop <= ys.start or xs.stop <= xs.start:
+            continue
         mask = source.crop(row, ys, xs) > 0
-        area = int(mask.sum())
-        if area == 0:
-            continue
-        region = owner[ys, xs]
+        region = owner[ys, xs]  # a view: written in place
         free = mask & (region < 0)
-        if area - int(free.sum()) > overlap_thresh * area:
-            continue
-        region[free] = i
-        kept[i] = True
+        area = mask.sum()
+        keep = (area > 0) & (area - free.sum() <= overlap_thresh * area)
+        region.copy_(torch.where(free & keep, i, region))
+        kept[i] = keep
     return owner, kept
 
 
@@ -151,33 +153,57 @@ def fuse_panoptic(
     instances = _FusionInstances(
         _mask_source(mask_logits), boxes, thing_channels[classes], scores, score_thresh
     )
+    stuff_list = stuff_channels.tolist()
     # 1.-2. Confident instances, highest score first; the overlap filter drops instances.
     owner, kept = overlap_filter(instances.masks, overlap_thresh, order=instances.order)
     # 3.-5. Which kept instance (if any) wins each pixel over the stuff logits.
     fused = _FusedLogits(sem_logits, mask_logit_scale, instance_weights)
     if pixel_rule in ("argmax", "authors"):
-        winner = _argmax_winner(
-            fused, instances, kept, stuff_channels, authors=pixel_rule == "authors"
-        )
+        winner = _argmax_winner(fused, instances, kept, stuff_list, authors=pixel_rule == "authors")
     else:
-        winner = _owner_winner(fused, instances, owner, stuff_channels)
+        winner = _owner_winner(fused, instances, owner, stuff_list)
     # 6.-7. Stuff where no instance won and the semantic class is not a thing; assemble.
     stuff_map = _stuff_map(sem_logits, winner >= 0, thing_channels)
-    return _assemble(winner, kept, stuff_map, instances, stuff_channels, stuff_area)
+    return _assemble(winner, kept, stuff_map, instances, stuff_list, stuff_area)
 
 
 class _FusionInstances:
     """The detections' mask source, boxes, semantic channels and scores; ``order`` lists the
-    confident ones by score, highest first (stable: ties keep detection order)."""
+    confident ones by score, highest first (stable: ties keep detection order).
+
+    ``host`` holds what the per-detection loops read (order, boxes, channels, scores) as
+    Python lists, copied from the device once instead of once per detection.
+    """
 
     def __init__(self, masks, boxes, channels, scores, score_thresh):
         self.masks, self.boxes, self.channels, self.scores = masks, boxes, channels, scores
         candidates = torch.nonzero(scores >= score_thresh).flatten()
         self.order = candidates[torch.sort(scores[candidates], descending=True, stable=True)[1]]
+        self._host = None
+
+    @property
+    def host(self):
+        if self._host is None:
+            self._host = _HostDetections(self.order, self.boxes, self.channels, self.scores)
+        return self._host
+
+
+class _HostDetections:
+    def __init__(self, order, boxes, channels, scores):
+        values = torch.cat(
+            [order.double(), boxes.double().flatten(), channels.double(), scores.double()]
+        ).tolist()
+        n, k = len(channels), len(order)
+        self.order = [int(v) for v in values[:k]]
+        flat_boxes = values[k : k + 4 * n]
+        self.boxes = [flat_boxes[4 * i : 4 * i + 4] for i in range(n)]
+        self.channels = [int(v) for v in values[k + 4 * n : k + 5 * n]]
+        self.scores = values[k + 5 * n :]
 
 
 class _FusedLogits:
-    """FL of one detection from its ML_A and the semantic logits (ML_B)."""
+    """FL of one detection (an int) or of per-pixel detections (a tensor of rows) from ML_A
+    and the semantic logits (ML_B)."""
 
     def __init__(self, sem_logits, mask_logit_scale, instance_weights):
         self.sem_logits = sem_logits
@@ -188,14 +214,15 @@ class _FusedLogits:
         ml_a = ml_a * self.scale
         if self.weights is not None:
             w = self.weights[detection]
+            w = w.T if w.dim() == 2 else w  # (4, pixels) for per-pixel rows
             ml_a, ml_b = w[0] * ml_a + w[1], w[2] * ml_b + w[3]
         return fused_instance_logits(ml_a, ml_b)
 
 
 def _best_stuff_logit(sem_logits, stuff_channels):
-    """Running maximum over the stuff channels of (C, ...) logits (no (stuff, ...) copy)."""
+    """Running maximum over the stuff channels (a list) of (C, ...) logits (no copy of them)."""
     best = torch.full_like(sem_logits[0], float("-inf"))
-    for channel in stuff_channels.tolist():
+    for channel in stuff_channels:
         torch.maximum(best, sem_logits[channel], out=best)
     return best
 
@@ -213,16 +240,17 @@ def _argmax_winner(fused, instances, kept, stuff_channels, authors=False):
     best = _best_stuff_logit(sem_logits, stuff_channels)
     winner = torch.full((height, width), -1, dtype=torch.int64, device=sem_logits.device)
     box_slices = _authors_box_slices if authors else _box_slices
+    host = instances.host
     for k in torch.nonzero(kept).flatten().tolist():
-        detection = int(instances.order[k])
+        detection = host.order[k]
         ys, xs = instances.masks.window(detection)
         ml_a = instances.masks.crop(detection, ys, xs)
         # ML_B: the class's semantic logits inside the box (pixels it touches), 0 elsewhere.
-        box_ys, box_xs = box_slices(instances.boxes[detection], height, width)
+        box_ys, box_xs = box_slices(host.boxes[detection], height, width)
         inner_ys = slice(max(box_ys.start, ys.start), min(box_ys.stop, ys.stop))
         inner_xs = slice(max(box_xs.start, xs.start), min(box_xs.stop, xs.stop))
         ml_b = torch.zeros_like(ml_a)
-        channel = int(instances.channels[detection])
+        channel = host.channels[detection]
         ml_b[
             inner_ys.start - ys.start : inner_ys.stop - ys.start,
             inner_xs.start - xs.start : inner_xs.stop - xs.start,
@@ -236,33 +264,31 @@ def _argmax_winner(fused, instances, kept, stuff_channels, authors=False):
             # Outside its paste window the instance's FL is 0: it wins where all is negative.
             outside = best < 0
             outside[ys, xs] = False
-            best[outside] = 0.0
-            winner[outside] = k
+            best.masked_fill_(outside, 0.0)
+            winner.masked_fill_(outside, k)
+        # Views of the running maximum, updated in place without boolean indexing (which
+        # reads its count on the host).
         region_best, region_winner = best[ys, xs], winner[ys, xs]
         better = logits > region_best
-        region_best[better] = logits[better]
-        region_winner[better] = k
+        region_best.copy_(torch.where(better, logits, region_best))
+        region_winner.masked_fill_(better, k)
     return winner
 
 
 def _owner_winner(fused, instances, owner, stuff_channels):
     """Each pixel's owner (from the overlap filter) against the best stuff logit, if any."""
     winner = torch.full_like(owner, -1)
-    covered = owner >= 0
-    if not covered.any():
+    ys, xs = torch.nonzero(owner >= 0, as_tuple=True)
+    if len(ys) == 0:
         return winner
-    detection = instances.order[owner[covered]]
-    ys, xs = torch.nonzero(covered, as_tuple=True)
+    detection = instances.order[owner[ys, xs]]
     ml_a = instances.masks.at(detection, ys, xs)
     # Owned pixels are where ML_A > 0; ML_B is read there (inside the box or its paste margin).
     ml_b = fused.sem_logits[instances.channels[detection], ys, xs]
-    logits = torch.empty_like(ml_a)
-    for row in detection.unique().tolist():
-        mine = detection == row
-        logits[mine] = fused(row, ml_a[mine], ml_b[mine])
+    logits = fused(detection, ml_a, ml_b)
     best_stuff = _best_stuff_logit(fused.sem_logits[:, ys, xs], stuff_channels)
     wins = logits > best_stuff  # stuff first in the stack: ties go to stuff
-    winner[ys[wins], xs[wins]] = owner[ys[wins], xs[wins]]
+    winner[ys, xs] = torch.where(wins, owner[ys, xs], winner[ys, xs])
     return winner
 
 
@@ -279,36 +305,46 @@ def _assemble(winner, kept, stuff_map, instances, stuff_channels, stuff_area):
     """Panoptic ids and segments_info through lookup tables (one gather per map).
 
     Thing pixels without a surviving instance stay void (0); stuff classes smaller than
-    ``stuff_area`` become void.
+    ``stuff_area`` become void. The areas are counted on the device and read once.
     """
     device = winner.device
-    order = instances.order
+    num_instances = len(instances.order)
+    num_channels = max(stuff_channels) + 1 if stuff_channels else 0
+    # Shifted by one so that -1 (none) is bin 0: no boolean selection of the pixels first.
+    instance_areas = torch.bincount(winner.flatten() + 1, minlength=num_instances + 1)[1:]
+    stuff_areas = torch.bincount(stuff_map.flatten() + 1, minlength=num_channels + 1)[1:]
+    counts = torch.cat([kept.long(), instance_areas[:num_instances], stuff_areas[:num_channels]])
+    counts = counts.tolist()
+    kept_list, instance_areas = counts[:num_instances], counts[num_instances : 2 * num_instances]
+    stuff_areas = counts[2 * num_instances :]
+    host = instances.host
     segments_info = []
-    instance_areas = torch.bincount(winner[winner >= 0], minlength=len(order))
-    instance_ids = torch.zeros(len(order) + 1, dtype=torch.int32, device=device)
-    for k in torch.nonzero(kept & (instance_areas > 0)).flatten().tolist():
-        detection = int(order[k])
+    instance_ids = [0] * (num_instances + 1)
+    for k in range(num_instances):
+        if not kept_list[k] or instance_areas[k] == 0:
+            continue
+        detection = host.order[k]
         instance_ids[k + 1] = len(segments_info) + 1
         segments_info.append(
             {
                 "id": len(segments_info) + 1,
-                "category_id": int(instances.channels[detection]),
+                "category_id": host.channels[detection],
                 "isthing": True,
-                "score": float(instances.scores[detection]),
-                "area": int(instance_areas[k]),
+                "score": host.scores[detection],
+                "area": instance_areas[k],
                 "instance_index": detection,
             }
         )
-    num_channels = int(stuff_channels.max()) + 1 if len(stuff_channels) else 0
-    stuff_areas = torch.bincount(stuff_map[stuff_map >= 0], minlength=num_channels)
-    stuff_ids = torch.zeros(num_channels + 1, dtype=torch.int32, device=device)
-    for channel in stuff_channels.tolist():
-        area = int(stuff_areas[channel])
+    stuff_ids = [0] * (num_channels + 1)
+    for channel in stuff_channels:
+        area = stuff_areas[channel]
         if area == 0 or area < stuff_area:
             continue
         stuff_ids[channel + 1] = len(segments_info) + 1
         segments_info.append(
             {"id": len(segments_info) + 1, "category_id": channel, "isthing": False, "area": area}
         )
+    instance_ids = torch.tensor(instance_ids, dtype=torch.int32, device=device)
+    stuff_ids = torch.tensor(stuff_ids, dtype=torch.int32, device=device)
     panoptic = torch.where(winner >= 0, instance_ids[winner + 1], stuff_ids[stuff_map + 1])
     return panoptic, segments_info
