@@ -20,6 +20,7 @@ from efficientps.engine import EfficientPSTrainer as Trainer
 from efficientps.engine import launch
 from efficientps.engine.checkpoint import load_weights_or_fail
 from efficientps.engine.cpu_norms import cpu_safe_norms
+from efficientps.engine.numerics import configure_numerics
 
 # torch's default intra-op thread count of a fresh process (one per physical core); each of
 # the N processes on a machine takes 1/N of it, set in the process itself: spawned processes
@@ -42,6 +43,7 @@ def setup(args):
         cfg.SEED = 0  # a fixed data order, so that --resume continues the same stream
     cfg.freeze()
     default_setup(cfg, args)
+    configure_numerics(cfg)  # after default_setup, which sets cudnn.benchmark from the config
     # detectron2 sets up its own loggers only; ours carry the PQ tables and model summary.
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="efficientps")
     return cfg

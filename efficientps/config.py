@@ -15,6 +15,7 @@ def add_efficientps_config(cfg):
     _add_head_config(cfg)
     _add_model_config(cfg)
     _add_input_config(cfg)
+    _add_numerics_config(cfg)
     return cfg
 
 
@@ -158,3 +159,15 @@ def _add_input_config(cfg):
     # Crowd regions ("car group") in the semantic targets: their class (the authors' targets;
     # the paper does not say) or, False, the ignore label. Never instances either way.
     cfg.INPUT.CROWD_IN_SEMANTIC = True
+
+
+def _add_numerics_config(cfg):
+    # float32 on NVIDIA GPUs (efficientps.engine.numerics), applied in every process of a run.
+    cfg.NUMERICS = CN()
+    # TF32 for cuDNN convolutions (torch's default: on; fp32 results ~1e-3 from a CPU's).
+    cfg.NUMERICS.TF32_CONVOLUTIONS = True
+    # TF32 for matrix products (torch's default: off).
+    cfg.NUMERICS.TF32_MATMUL = False
+    # Deterministic algorithms where torch has them (TF32 off, no cuDNN benchmark); the
+    # operations without one warn. Bit-reproducible on a CPU, not fully on CUDA (README).
+    cfg.NUMERICS.DETERMINISTIC = False

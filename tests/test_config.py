@@ -21,7 +21,7 @@ def test_add_efficientps_config_only_adds_keys_and_is_idempotent():
     # detectron2's own defaults are untouched: our values live in the YAML configs.
     assert {key: ours[key] for key in stock} == stock
     added = set(ours) - set(stock)
-    assert added and all(k.startswith(("MODEL.", "INPUT.")) for k in added)
+    assert added and all(k.startswith(("MODEL.", "INPUT.", "NUMERICS.")) for k in added)
     # A second call (e.g. by a project that also registers us) keeps what the user set.
     cfg.MODEL.EFFICIENTNET.NAME = "efficientnet-b0"
     cfg.INPUT.SCALE_RANGE = [0.75, 1.25]
