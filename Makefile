@@ -20,14 +20,17 @@ FORCE_D2 := $(if $(DETECTRON2_SRC),force-install,)
 DEMO_DIR ?= output/demo
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-fast demo bench bench-learning lint format clean force-install
+.PHONY: help install test test-fast test-gpu demo bench bench-gpu bench-learning lint format clean \
+	force-install
 
 help:
 	@echo "make install   venv at $(VENV) with torch, detectron2 and efficientps (one command)"
 	@echo "make demo      the main job on the embedded synthetic dataset (CPU)"
 	@echo "make test      install if needed, then the whole test suite"
 	@echo "make test-fast the suite without the child-process trainings (marker slow)"
+	@echo "make test-gpu  the CUDA tests (marker cuda; each skips, saying so, without a GPU)"
 	@echo "make bench     the benchmark scripts whose tables are in README"
+	@echo "make bench-gpu the GPU rows: inference and a training step beside Panoptic FPN R50"
 	@echo "make bench-learning  what the demo config learns on a held-out Cityscapes-format set"
 	@echo "make lint      ruff + black --check"
 
@@ -49,6 +52,10 @@ test: install
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# On a GPU machine; EFFICIENTPS_GPU_REPORT=FILE collects the measured times and memory.
+test-gpu: install
+	$(PY) -m pytest -m cuda -rs $(PYTEST_ARGS)
+
 demo: install
 	$(PY) tools/run_demo.py --output $(DEMO_DIR)
 
@@ -62,6 +69,11 @@ bench: install
 	$(PY) benchmarks/pq_kernels.py
 	$(PY) benchmarks/eval_overhead.py
 	$(PY) benchmarks/tta_memory.py
+
+# GPU rows of README's GPU section (about 15 minutes on one GPU).
+bench-gpu: install
+	$(PY) benchmarks/inference.py --device cuda --sizes 1024x2048 512x1024 --runs 5
+	$(PY) benchmarks/train_step.py --device cuda --size 1024x2048 --runs 5
 
 # The learning benchmark (README "Learning benchmark"): 3 seeds x about 12 minutes on 2 cores.
 bench-learning: install
