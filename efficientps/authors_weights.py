@@ -47,9 +47,10 @@ import os
 import re
 from collections import Counter, OrderedDict
 
+import numpy as np
 import torch
 
-from .engine.checkpoint import load_untrusted
+from .engine.weight_files import WeightFileError, read_weight_file
 from .modeling.backbone.efficientnet import efficientnet_block_args
 
 logger = logging.getLogger(__name__)
@@ -279,16 +280,26 @@ def read_official_checkpoint(path):
         raise FileNotFoundError(
             f"{path!r}: no such file. Give the .pth from the authors' release (unzip it first)."
         )
-    checkpoint = load_untrusted(path, "--input")
+    checkpoint = read_weight_file(path, "--input")
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path!r} holds a {type(checkpoint).__name__}, not a checkpoint dict")
     state_dict = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(state_dict, dict):
+        raise WeightFileError(f"--input: {path}: 'state_dict' is a {type(state_dict).__name__}")
     if not any(re.match(r"(module\.)?backbone\.conv_stem\.", k) for k in state_dict):
         raise ValueError(
             f"{path!r} is not an EfficientPS checkpoint of the authors' code (expected an "
             "mmdetection 'state_dict' with keys like 'backbone.conv_stem.weight', "
             "'neck.lateral_convs_top.0.conv.weight')"
         )
+    state_dict = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v
+                  for k, v in state_dict.items()}  # fmt: skip
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise WeightFileError(
+                f"--input: {path}: state_dict[{key!r}] is a {type(value).__name__}, "
+                "expected a tensor"
+            )
     return state_dict, checkpoint.get("meta", {})
 
 

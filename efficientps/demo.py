@@ -29,7 +29,7 @@ from efficientps_runtime.inputs import IMAGE_EXTENSIONS, expand_inputs
 from .channel_argmax import channel_argmax
 from .class_tables import PanopticClassTables, channel_to_dataset_id
 from .config import add_efficientps_config
-from .engine.checkpoint import check_weights_fit, read_checkpoint
+from .engine.checkpoint import AtomicCheckpointer, check_weights_fit, read_checkpoint
 from .evaluation import read_panoptic_png, write_panoptic_png
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
@@ -55,8 +55,15 @@ class PanopticPredictor(DefaultPredictor):
 
     def __init__(self, cfg):
         weights = read_checkpoint(cfg.MODEL.WEIGHTS)  # a clear error for a missing/wrong file
-        super().__init__(cfg)
+        # DefaultPredictor would load MODEL.WEIGHTS with detectron2's checkpointer, which
+        # unpickles .pkl files; it builds the model without them and ours loads the file.
+        without_weights = cfg.clone()
+        without_weights.defrost()
+        without_weights.MODEL.WEIGHTS = ""
+        super().__init__(without_weights)
+        self.cfg = cfg.clone()
         check_weights_fit(self.model, weights, cfg.MODEL.WEIGHTS)
+        AtomicCheckpointer(self.model).load(cfg.MODEL.WEIGHTS, checkpointables=[])
         self.metadata = MetadataCatalog.get((cfg.DATASETS.TEST or cfg.DATASETS.TRAIN)[0])
 
 

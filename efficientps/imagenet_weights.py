@@ -20,6 +20,7 @@ import logging
 import os
 import re
 
+import numpy as np
 import torch
 
 TIMM, EFFICIENTNET_PYTORCH = "timm", "efficientnet-pytorch"
@@ -38,23 +39,16 @@ def read_state_dict(path, what="--input"):
     """The tensors of ``path`` (.pth, .bin or .safetensors), unwrapped and without prefixes."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what}: no file {path!r} (a local file; nothing is downloaded)")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    from .engine.weight_files import read_weight_file  # no code from the file runs
 
-        try:
-            state = load_file(path, device="cpu")
-        except Exception as e:
-            raise ImageNetWeightsError(f"{what}: cannot read {path!r} as safetensors: {e}") from e
-    else:
-        from .engine.checkpoint import load_untrusted  # torch.load(weights_only=True)
-
-        state = load_untrusted(path, what)
+    state = read_weight_file(path, what)
     for key in WRAPPER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
     if not isinstance(state, dict) or not state:
         raise ImageNetWeightsError(f"{what}: {path!r} holds no state dict")
+    state = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}
     return {_strip_prefix(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 

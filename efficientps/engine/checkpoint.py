@@ -5,19 +5,21 @@ both in place, so a kill during the write leaves a truncated file that ``--resum
 try to load. Here each is written to a temporary file in the same folder, flushed to disk and
 renamed over the target (atomic on POSIX).
 
-Reading: files users download are untrusted. They are read with
-``torch.load(weights_only=True)`` (tensors and plain containers only), and a file that needs
-other objects is refused, not unpickled; errors name the option that gave the file.
+Reading: files users download are untrusted. Every load, training init and ``--resume``
+included, goes through ``weight_files`` (tensors, NumPy arrays and plain containers only); a
+file that needs other objects is refused, not unpickled; errors name the option that gave the
+file.
 """
 
 import logging
 import os
-import pickle
 import tempfile
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils import comm
+
+from .weight_files import detectron2_checkpoint, state_dict_of
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,16 @@ def atomic_write(path, write):
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
+    """detectron2's checkpointer, writing crash-safe and reading untrusted files safely."""
+
+    def _load_file(self, filename):
+        # fvcore's documented hook for reading a file: detectron2's own unpickles .pkl files
+        # with pickle.load (any code in them runs) and .pth with torch's default.
+        folder = os.path.dirname(os.path.abspath(filename))
+        resuming = bool(self.save_dir) and folder == os.path.abspath(self.save_dir)
+        what = f"--resume (last checkpoint in {self.save_dir})" if resuming else "MODEL.WEIGHTS"
+        return detectron2_checkpoint(filename, what)
+
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
             return
@@ -72,55 +84,23 @@ class AtomicCheckpointer(DetectionCheckpointer):
         return max(candidates, key=os.path.getmtime) if candidates else ""
 
 
-def load_untrusted(path, what):
-    """``torch.load(path, weights_only=True)``: tensors and plain containers only.
-
-    A file that needs other objects is refused, not unpickled (that would run code from it);
-    errors name ``what`` (the key or option that gave the file) and the file.
-    """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):  # damaged or not a checkpoint at all
-            raise ValueError(f"{what}: cannot read {path!r} as a torch checkpoint: {e}") from e
-        raise ValueError(
-            f"{what}: {path!r} holds objects other than tensors and plain containers, "
-            "and loading it would run arbitrary code from the file; this is refused. Re-save "
-            "its state dict with torch.save({'model': model.state_dict()}, path) where you "
-            f"trust it. ({e})"
-        ) from e
-    except Exception as e:
-        raise ValueError(f"{what}: cannot read {path!r} as a torch checkpoint: {e}") from e
-
-
 def read_checkpoint(path):
-    """The state dict of a checkpoint file, read without unpickling arbitrary objects.
-
-    Accepts detectron2/efficientps checkpoints ({"model": state_dict, ...}) and bare state
-    dicts. Files are untrusted: ``torch.load(weights_only=True)`` allows tensors and plain
-    containers only, so a file that needs other objects is refused, not executed.
-    """
+    """The state dict of MODEL.WEIGHTS (a checkpoint or bare state dict), read safely."""
     if not path:
         raise ValueError("MODEL.WEIGHTS is empty: set MODEL.WEIGHTS /path/to/model.pth")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.WEIGHTS: no file {path!r}")
-    checkpoint = load_untrusted(path, "MODEL.WEIGHTS")
-    weights = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(weights, dict):
-        raise ValueError(f"MODEL.WEIGHTS: {path!r} holds no state dict (a {type(checkpoint)})")
-    return weights
+    return state_dict_of(path, "MODEL.WEIGHTS")
 
 
 def load_weights_or_fail(model, path, save_dir=""):
     """Load MODEL.WEIGHTS into ``model`` for inference, failing clearly on a wrong file.
 
     The file is checked first (``read_checkpoint``; at least half of the model's tensors must
-    be in it), then loaded by detectron2's DetectionCheckpointer, which reports missing and
-    unexpected keys and skips tensors of the wrong shape.
+    be in it), then loaded by detectron2's checkpointer logic (our safe reader underneath),
+    which reports missing and unexpected keys and skips tensors of the wrong shape.
     """
     weights = read_checkpoint(path)
     check_weights_fit(model, weights, path)
-    DetectionCheckpointer(model, save_dir=save_dir).load(path, checkpointables=[])
+    AtomicCheckpointer(model, save_dir=save_dir).load(path, checkpointables=[])
 
 
 def check_weights_fit(model, weights, path):
