@@ -41,6 +41,7 @@ from collections import Counter
 
 import cv2
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from efficientps_pq.panoptic_ids import id_to_rgb
@@ -61,17 +62,23 @@ def read_class_table(path):
     """{"void": set of label values, "classes": {id: {"id", "name", "isthing", "color"}}}."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"class table {path} not found (see this script's docstring)")
-    with open(path) as f:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
+    import yaml
 
-            content = yaml.safe_load(f)
-        else:
-            content = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            if path.endswith((".yaml", ".yml")):
+                content = yaml.safe_load(f)
+            else:
+                content = json.load(f)
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        kind = "YAML" if path.endswith((".yaml", ".yml")) else "JSON"
+        raise CustomDatasetError(f"{path}: not valid {kind} ({error})") from error
     if not isinstance(content, dict) or not isinstance(content.get("classes"), list):
         raise CustomDatasetError(f"{path}: expected a mapping with a 'classes' list")
     classes = {}
     for entry in content["classes"]:
+        if not isinstance(entry, dict):
+            raise CustomDatasetError(f"{path}: class {entry!r:.60} is not a mapping")
         missing = {"id", "name", "isthing", "color"} - set(entry)
         if missing:
             raise CustomDatasetError(f"{path}: class {entry} lacks {sorted(missing)}")
@@ -81,7 +88,11 @@ def read_class_table(path):
         if class_id in classes:
             raise CustomDatasetError(f"{path}: class id {class_id} is listed twice")
         color = entry["color"]
-        if len(color) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in color):
+        if (
+            not isinstance(color, list)
+            or len(color) != 3
+            or not all(isinstance(c, int) and 0 <= c <= 255 for c in color)
+        ):
             raise CustomDatasetError(f"{path}: class {class_id} color {color} is not 3 bytes")
         classes[class_id] = {
             "id": class_id,
@@ -89,7 +100,10 @@ def read_class_table(path):
             "isthing": int(bool(entry["isthing"])),
             "color": list(color),
         }
-    void = set(content.get("void", []))
+    void = content.get("void") or []
+    if not isinstance(void, list) or not all(isinstance(v, int) for v in void):
+        raise CustomDatasetError(f"{path}: 'void' must be a list of label values, got {void!r:.60}")
+    void = set(void)
     if void & set(classes):
         raise CustomDatasetError(f"{path}: ids {sorted(void & set(classes))} are void and classes")
     if not classes:
@@ -100,12 +114,25 @@ def read_class_table(path):
 # ---- reading the inputs ------------------------------------------------------------------------
 
 
+LABEL_MODES = {"L": "8-bit grey", "P": "palette", "I;16": "16-bit grey", "I": "32-bit grey"}
+
+
 def read_label_png(path):
-    labels = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if labels is None:
-        raise CustomDatasetError(f"cannot read {path}: expected a label PNG")
-    if labels.ndim != 2:
-        raise CustomDatasetError(f"{path}: expected a one-channel label PNG, got {labels.shape}")
+    """Label values of a one-channel PNG: 8- or 16-bit grey, or palette (read as its indices,
+    which is what labelling tools such as CVAT, labelme and Label Studio write)."""
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            if mode not in LABEL_MODES and not mode.startswith("I;16"):
+                raise CustomDatasetError(
+                    f"{path}: a {mode} image; expected a one-channel label PNG "
+                    f"({', '.join(LABEL_MODES.values())}) of class or instance ids"
+                )
+            labels = np.asarray(image)
+    except CustomDatasetError:
+        raise
+    except (OSError, ValueError, SyntaxError) as error:  # Pillow's errors for damaged files
+        raise CustomDatasetError(f"cannot read {path}: expected a label PNG ({error})") from error
     return labels.astype(np.int64)
 
 
@@ -149,10 +176,10 @@ class Segments:
         self.table = table
         self.source = source
 
-    def category(self, class_id, what):
+    def category(self, class_id, what, source=None):
         if class_id not in self.table["classes"]:
             raise CustomDatasetError(
-                f"{self.source}: {what} {class_id} is not in the class table (nor void)"
+                f"{source or self.source}: {what} {class_id} is not in the class table (nor void)"
             )
         return self.table["classes"][class_id]
 
@@ -177,12 +204,13 @@ class Segments:
             }
         )
 
-    def add_semantic(self, semantic, covered):
-        """Stuff classes as one segment each; thing pixels outside instances as crowd."""
+    def add_semantic(self, semantic, covered, source=None):
+        """Stuff classes as one segment each; thing pixels outside instances as crowd.
+        ``source``: the semantic PNG, named in errors about its values."""
         for value in np.unique(semantic[~covered]).tolist():
             if value in self.table["void"]:
                 continue
-            category = self.category(value, "class id")
+            category = self.category(value, "class id", source)
             self.add((semantic == value) & ~covered, value, iscrowd=category["isthing"])
 
 
@@ -230,27 +258,70 @@ def convert_instance_ids(instance_ids, table, source):
     return segments
 
 
-def coco_masks(annotations, height, width):
-    """(annotation, bool mask) for COCO polygons or RLE, decoded by pycocotools."""
+def coco_mask(annotation, height, width, source):
+    """The bool mask of one COCO annotation (polygons or RLE), checked, decoded by pycocotools.
+
+    pycocotools drops a polygon's odd last coordinate and broadcasts an RLE of another size
+    without a word: both are refused here, naming the annotation.
+    """
     from pycocotools import mask as mask_utils
 
-    for annotation in annotations:
-        segmentation = annotation["segmentation"]
-        if isinstance(segmentation, list):  # polygons
-            rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-        elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
-            rle = mask_utils.frPyObjects(segmentation, height, width)
-        else:
-            rle = segmentation
-        yield annotation, mask_utils.decode(rle).astype(bool)
+    where = f"{source}: annotation {annotation.get('id')}"
+    segmentation = annotation.get("segmentation")
+    if isinstance(segmentation, list):  # polygons
+        if not segmentation:
+            raise CustomDatasetError(
+                f"{where} has an empty 'segmentation' (a box-only export?); a thing needs its "
+                "mask as polygons or RLE"
+            )
+        for polygon in segmentation:
+            if (
+                not isinstance(polygon, list)
+                or not all(isinstance(v, (int, float)) for v in polygon)
+                or len(polygon) % 2
+                or len(polygon) < 6
+            ):
+                raise CustomDatasetError(
+                    f"{where}: a polygon must be a flat list [x1, y1, x2, y2, ...] of at least "
+                    f"3 points (an even count of numbers); got {str(polygon)[:80]}"
+                )
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation, dict) and {"size", "counts"} <= set(segmentation):
+        if list(segmentation["size"]) != [height, width]:
+            raise CustomDatasetError(
+                f"{where}: its RLE 'size' {list(segmentation['size'])} is not the image's "
+                f"[height, width] [{height}, {width}]"
+            )
+        counts = segmentation["counts"]
+        try:
+            if isinstance(counts, list):  # uncompressed RLE
+                rle = mask_utils.frPyObjects(segmentation, height, width)
+            else:
+                rle = dict(
+                    segmentation, counts=counts.encode() if isinstance(counts, str) else counts
+                )
+            mask = mask_utils.decode(rle)
+        except (TypeError, ValueError, AttributeError) as error:
+            raise CustomDatasetError(f"{where}: cannot decode its RLE ({error})") from error
+        return mask.astype(bool)
+    else:
+        raise CustomDatasetError(
+            f"{where}: 'segmentation' must be polygons (a list of lists) or an RLE with 'size' "
+            f"and 'counts'; got {str(segmentation)[:80]}"
+        )
+    return mask_utils.decode(rle).astype(bool)
 
 
-def convert_coco(semantic, annotations, table, source):
+def convert_coco(semantic, annotations, table, source, semantic_source=None):
+    """Things from ``annotations`` (``source``: their json and image), stuff from ``semantic``
+    (``semantic_source``: its PNG). An instance takes its pixels whatever the semantic PNG says
+    there; the semantic PNG gives the rest."""
     segments = Segments(semantic.shape, table, source)
     height, width = semantic.shape
     owner = np.full(semantic.shape, -1, np.int64)  # index of the annotation that has the pixel
-    for index, (annotation, mask) in enumerate(coco_masks(annotations, height, width)):
-        class_id = annotation["category_id"]
+    for index, annotation in enumerate(annotations):
+        mask = coco_mask(annotation, height, width, source)
+        class_id = annotation.get("category_id")
         if not segments.category(class_id, "category_id")["isthing"]:
             raise CustomDatasetError(
                 f"{source}: annotation {annotation.get('id')} has category {class_id}, a stuff "
@@ -265,7 +336,7 @@ def convert_coco(semantic, annotations, table, source):
             )
         segments.add(mask, class_id, iscrowd=bool(annotation.get("iscrowd", 0)))
         owner[mask] = index
-    segments.add_semantic(semantic, owner >= 0)
+    segments.add_semantic(semantic, owner >= 0, semantic_source)
     return segments
 
 
@@ -297,20 +368,38 @@ def coco_annotations_by_stem(root, split, table):
     path = os.path.join(root, "annotations", f"instances_{split}.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found (COCO instances json of the {split} split)")
-    with open(path) as f:
-        content = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CustomDatasetError(f"{path}: not a JSON file ({error})") from error
+    if not isinstance(content, dict):
+        raise CustomDatasetError(
+            f"{path}: expected a COCO instances object, got JSON {content!r:.40}"
+        )
     for key in ("images", "annotations"):
-        if key not in content:
+        if not isinstance(content.get(key), list):
             raise CustomDatasetError(f"{path}: no '{key}' list (not a COCO instances json)")
-    by_image = {image["id"]: stem(image["file_name"]) for image in content["images"]}
+    by_image = {}
+    for image in content["images"]:
+        if not isinstance(image, dict) or not {"id", "file_name"} <= set(image):
+            raise CustomDatasetError(f"{path}: an entry of 'images' lacks 'id' or 'file_name'")
+        by_image[image["id"]] = stem(image["file_name"])
     grouped = {}
     for annotation in content["annotations"]:
+        missing = {"image_id", "category_id", "segmentation"} - set(annotation)
+        if missing:
+            raise CustomDatasetError(
+                f"{path}: annotation {annotation.get('id')} lacks {sorted(missing)}"
+            )
         if annotation["image_id"] not in by_image:
             raise CustomDatasetError(
                 f"{path}: annotation {annotation.get('id')} refers to image "
                 f"{annotation['image_id']}, which is not in 'images'"
             )
         grouped.setdefault(by_image[annotation["image_id"]], []).append(annotation)
+    for name in set(by_image.values()):
+        grouped.setdefault(name, [])  # every listed image, annotated or not, must exist
     return grouped, path
 
 
@@ -344,7 +433,7 @@ def convert_image(image_path, size, fmt, labels, coco, table):
     else:
         semantic = read_label_png(labels)
         check_size(labels, semantic, image_path, size)
-    return convert_coco(semantic, things, table, f"{json_path} ({name})")
+    return convert_coco(semantic, things, table, f"{json_path} ({name})", labels)
 
 
 def write_ids_png(path, ids):
@@ -353,12 +442,45 @@ def write_ids_png(path, ids):
         raise OSError(f"cannot write {path}")
 
 
-def convert_split(root, split, fmt, table, progress=True):
-    """Write panoptic/<split>/ and panoptic_<split>.json under root; returns the summary."""
+class PendingSplit:
+    """A converted split in a temporary folder: ``commit`` puts it in place, ``discard`` drops
+    it. Every split is converted before any is committed, so a bad input writes nothing."""
+
+    def __init__(self, root, split, temporary, content, summary):
+        self.root, self.split, self.temporary = root, split, temporary
+        self.content, self.summary = content, summary
+
+    def commit(self):
+        final_dir = os.path.join(self.root, "panoptic", self.split)
+        json_path = os.path.join(self.root, f"panoptic_{self.split}.json")
+        with open(json_path + ".incomplete", "w") as f:
+            json.dump(self.content, f)
+        shutil.rmtree(final_dir, ignore_errors=True)
+        os.replace(self.temporary, final_dir)
+        os.replace(json_path + ".incomplete", json_path)
+
+    def discard(self):
+        shutil.rmtree(self.temporary, ignore_errors=True)
+
+
+def missing_images(images, labels, coco):
+    """Stems that the labels or the COCO json name but images/<split>/ lacks."""
+    named = set(labels) | (set(coco[0]) if coco else set())
+    return sorted(named - {stem(p) for p in images})
+
+
+def convert_split(root, split, fmt, table, progress=True, skip_missing=False):
+    """Convert one split into a temporary folder under root/panoptic; a ``PendingSplit``."""
     images = find_images(root, split)
     labels = label_paths(root, split, fmt)
     coco = coco_annotations_by_stem(root, split, table) if fmt == "coco" else None
-    final_dir = os.path.join(root, "panoptic", split)
+    missing = missing_images(images, labels, coco)
+    if missing and not skip_missing:
+        raise CustomDatasetError(
+            f"{root}/images/{split}/ lacks {len(missing)} image(s) that the labels name: "
+            f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''} "
+            "(--skip-missing converts the split without them and lists them)"
+        )
     temporary = os.path.join(root, "panoptic", f".{split}.incomplete")
     shutil.rmtree(temporary, ignore_errors=True)
     os.makedirs(temporary)
@@ -387,14 +509,16 @@ def convert_split(root, split, fmt, table, progress=True):
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     categories = [table["classes"][k] for k in sorted(table["classes"])]
-    json_path = os.path.join(root, f"panoptic_{split}.json")
-    with open(json_path + ".incomplete", "w") as f:
-        json.dump({"images": records, "annotations": annotations, "categories": categories}, f)
-    shutil.rmtree(final_dir, ignore_errors=True)
-    os.replace(temporary, final_dir)
-    os.replace(json_path + ".incomplete", json_path)
     counts["images"] = len(images)
-    return dict(counts)
+    if missing:
+        counts["labelled images missing, skipped"] = len(missing)
+        print(
+            f"warning: {split}: {len(missing)} labelled image(s) missing under images/{split}/, "
+            f"converted without them: {', '.join(missing)}",
+            file=sys.stderr,
+        )
+    content = {"images": records, "annotations": annotations, "categories": categories}
+    return PendingSplit(root, split, temporary, content, dict(counts))
 
 
 def split_complete(root, split):
@@ -414,6 +538,11 @@ def main(argv=None):
     parser.add_argument("--splits", nargs="+", default=["train", "val"])
     parser.add_argument("--classes", help="the class table (default: ROOT/classes.yaml or .json)")
     parser.add_argument("--overwrite", action="store_true", help="redo complete splits")
+    parser.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="convert without labelled images whose image file is missing (listed); default: error",
+    )
     args = parser.parse_args(argv)
     classes = args.classes or next(
         (
@@ -423,17 +552,27 @@ def main(argv=None):
         ),
         os.path.join(args.root, "classes.yaml"),
     )
+    pending = []
     try:
         table = read_class_table(classes)
-        for split in args.splits:
-            if split_complete(args.root, split) and not args.overwrite:
-                print(f"{split}: {args.root}/panoptic_{split}.json is complete, skipped")
-                continue
-            summary = convert_split(args.root, split, args.format, table)
-            print(f"{split}: " + ", ".join(f"{v} {k}" for k, v in summary.items()))
+        todo = [s for s in args.splits if args.overwrite or not split_complete(args.root, s)]
+        for split in sorted(set(args.splits) - set(todo), key=args.splits.index):
+            print(f"{split}: {args.root}/panoptic_{split}.json is complete, skipped")
+        for split in todo:  # every split's images exist before any work
+            find_images(args.root, split)
+        for split in todo:
+            pending.append(
+                convert_split(args.root, split, args.format, table, True, args.skip_missing)
+            )
     except (OSError, ValueError) as e:
+        for converted in pending:
+            converted.discard()
         print(f"error: {e}", file=sys.stderr)
         return 1
+    for converted in pending:
+        converted.commit()
+        summary = ", ".join(f"{v} {k}" for k, v in converted.summary.items())
+        print(f"{converted.split}: {summary}")
     things = sum(c["isthing"] for c in table["classes"].values())
     print(
         f"{args.root}: MODEL.SEM_SEG_HEAD.NUM_CLASSES {len(table['classes'])}, "

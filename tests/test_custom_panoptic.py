@@ -285,3 +285,161 @@ def test_converted_folder_trains_and_evaluates_with_train_net(tmp_path, converte
     results = json.loads((output / "inference" / "custom_mine_val" / "results.json").read_text())
     assert set(results) >= {"panoptic_seg", "sem_seg"}
     assert 0 <= results["panoptic_seg"]["PQ"] <= 100
+
+
+def run_coco(converter, root, *extra):
+    return converter.main(["--root", str(root), "--format", "coco", "--splits", "train", *extra])
+
+
+def assert_nothing_written(root):
+    assert not (root / "panoptic_train.json").exists()
+    assert not (root / "panoptic_val.json").exists()
+    assert not (root / "panoptic").exists() or os.listdir(root / "panoptic") == []
+
+
+def rewrite_annotations(root, change):
+    path = root / "annotations" / "instances_train.json"
+    content = json.loads(path.read_text())
+    change(content)
+    path.write_text(json.dumps(content))
+
+
+def uncompressed_rle(mask):
+    """COCO's uncompressed RLE (column-major run lengths, starting with zeros)."""
+    flat = np.asarray(mask, np.uint8).flatten(order="F")
+    runs, value, count = [], 0, 0
+    for pixel in flat:
+        if pixel == value:
+            count += 1
+        else:
+            runs.append(count)
+            value, count = pixel, 1
+    runs.append(count)
+    return {"size": list(mask.shape), "counts": runs}
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            "odd polygon",
+            r"instances_train.json \(p\): annotation 100: a polygon must be a flat list",
+        ),
+        ("two-point polygon", r"annotation 100: a polygon must be .* at least 3 points"),
+        ("empty segmentation", r"annotation 100 has an empty 'segmentation' \(a box-only export"),
+        ("rle size", r"annotation 101: its RLE 'size' \[48, 80\] is not the image's .* \[40, 64\]"),
+        ("uncompressed rle size", r"annotation 101: its RLE 'size' \[48, 80\] is not"),
+        ("unknown semantic value", r"semantic/train/r.png: class id 9 is not in the class table"),
+        ("not json", r"instances_train.json: not a JSON file"),
+        ("missing image", r"images/train/ lacks 1 image\(s\) that the labels name: gone"),
+        ("no category", r"annotation 101 lacks \['category_id'\]"),
+    ],
+)
+def test_bad_coco_inputs_give_one_line_naming_file_and_annotation(
+    tmp_path, converter, capsys, damage, message
+):
+    from pycocotools import mask as pycocotools_mask
+
+    root = dataset_root(tmp_path)
+    coco_tree(root, pycocotools_mask)
+
+    def change(content):
+        polygon, rle = content["annotations"][0], content["annotations"][1]
+        if damage == "odd polygon":
+            polygon["segmentation"][0].append(7)
+        if damage == "two-point polygon":
+            polygon["segmentation"] = [[5, 20, 25, 20]]
+        if damage == "empty segmentation":
+            polygon["segmentation"], polygon["bbox"] = [], [5, 20, 20, 15]
+        if damage == "rle size":
+            mask = np.zeros((48, 80), np.uint8, order="F")
+            mask[2:5, 2:5] = 1
+            encoded = pycocotools_mask.encode(mask)
+            rle["segmentation"] = dict(encoded, counts=encoded["counts"].decode())
+        if damage == "uncompressed rle size":
+            mask = np.zeros((48, 80), np.uint8)
+            mask[2:5, 2:5] = 1
+            rle["segmentation"] = uncompressed_rle(mask)
+        if damage == "missing image":
+            content["images"].append({"id": 99, "file_name": "gone.png", "height": 40, "width": 64})
+            content["annotations"].append(dict(polygon, id=104, image_id=99))
+        if damage == "no category":
+            del rle["category_id"]
+
+    rewrite_annotations(root, change)
+    if damage == "unknown semantic value":
+        semantic = cv2.imread(str(root / "semantic" / "train" / "r.png"), cv2.IMREAD_UNCHANGED)
+        semantic[39, 63] = 9
+        write_png(root / "semantic" / "train" / "r.png", semantic)
+    if damage == "not json":
+        path = root / "annotations" / "instances_train.json"
+        path.write_text(path.read_text()[:-20])
+    assert run_coco(converter, root) == 1
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1, err  # + progress
+    assert_nothing_written(root)
+
+
+def test_skip_missing_converts_the_rest_and_lists_what_it_skipped(tmp_path, converter, capsys):
+    from pycocotools import mask as pycocotools_mask
+
+    root = dataset_root(tmp_path)
+    coco_tree(root, pycocotools_mask)
+    (root / "images" / "train" / "r.png").unlink()  # annotated, with a semantic PNG
+    assert run_coco(converter, root) == 1
+    assert "lacks 1 image(s) that the labels name: r " in capsys.readouterr().err
+    assert_nothing_written(root)
+    assert run_coco(converter, root, "--skip-missing") == 0
+    out, err = capsys.readouterr()
+    assert "1 labelled images missing, skipped" in out and "converted without them: r" in err
+    _, by_file = converted(root)
+    assert sorted(by_file) == ["empty.png", "p.png"]
+
+
+def test_palette_and_16_bit_label_pngs(tmp_path, converter, capsys):
+    """Labelling tools write palette PNGs (read as their indices, not their colours); class
+    ids above 255 need 16-bit PNGs. Both written with Pillow, as those tools do."""
+    from PIL import Image
+
+    root = dataset_root(tmp_path)
+    table = json.loads(json.dumps(CLASSES))
+    table["classes"].append({"id": 300, "name": "wall", "isthing": False, "color": [9, 9, 9]})
+    (root / "classes.yaml").write_text(yaml.safe_dump(table))
+    semantic = np.ones((4, 6), np.uint8)
+    semantic[:, 3:] = 2
+    semantic[1:3, 1:3] = 3
+    palette = Image.fromarray(semantic, mode="P")
+    palette.putpalette([0, 0, 0, 128, 64, 128, 70, 130, 180, 0, 0, 142] + [0] * 756)
+    (root / "semantic" / "train").mkdir(parents=True)
+    palette.save(root / "semantic" / "train" / "a.png")
+    wide = semantic.astype(np.uint16)
+    wide[0, :] = 300
+    Image.fromarray(wide).save(root / "semantic" / "train" / "b.png")  # mode I;16
+    instances = np.zeros((4, 6), np.uint8)
+    instances[1:3, 1:3] = 5
+    for name in "ab":
+        write_png(root / "instances" / "train" / f"{name}.png", instances)
+        random_image(root / "images" / "train" / f"{name}.png", 4, 6, 0)
+    code = converter.main(["--root", str(root), "--format", "semantic-instance", "--splits",
+                           "train"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    _, by_file = converted(root)
+    kinds = sorted((s["category_id"], s["area"]) for s in by_file["a.png"]["segments_info"])
+    assert kinds == [(1, 8), (2, 12), (3, 4)]
+    kinds = sorted((s["category_id"], s["area"]) for s in by_file["b.png"]["segments_info"])
+    assert kinds == [(1, 5), (2, 9), (3, 4), (300, 6)]
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(root / "semantic" / "train" / "a.png")
+    assert converter.main(["--root", str(root), "--format", "semantic-instance", "--splits",
+                           "train", "--overwrite"]) == 1  # fmt: skip
+    assert "a.png: a RGB image; expected a one-channel label PNG" in capsys.readouterr().err
+
+
+def test_a_missing_split_fails_before_any_split_is_written(tmp_path, converter, capsys):
+    from pycocotools import mask as pycocotools_mask
+
+    root = dataset_root(tmp_path)
+    coco_tree(root, pycocotools_mask)  # train only; the default --splits are train val
+    assert converter.main(["--root", str(root), "--format", "coco"]) == 1
+    assert "no images under" in capsys.readouterr().err and "images/val" in str(root / "images/val")
+    assert_nothing_written(root)

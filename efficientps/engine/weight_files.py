@@ -93,9 +93,13 @@ def _read_torch(path, what):
         unsafe = _unsafe_globals(path)
         if unsafe:
             raise _refusal(path, what, unsafe[0]) from None
-        raise WeightFileError(f"{what}: cannot read {path} as a torch file: {_reason(e)}") from e
+        raise WeightFileError(
+            f"{what}: cannot read {path} as a torch checkpoint: {_reason(e)}"
+        ) from e
     except Exception as e:  # zip/pickle damage surfaces as many exception types
-        raise WeightFileError(f"{what}: cannot read {path} as a torch file: {_reason(e)}") from e
+        raise WeightFileError(
+            f"{what}: cannot read {path} as a torch checkpoint: {_reason(e)}"
+        ) from e
 
 
 def _unsafe_globals(path):
