@@ -258,14 +258,86 @@ def convert_instance_ids(instance_ids, table, source):
     return segments
 
 
+def rle_counts(counts):
+    """Run lengths of a COCO RLE: a list of ints (uncompressed) or COCO's compressed string
+    (each count in 5-bit groups, the 6th bit saying another group follows, counts after the
+    second stored as differences to the one two before)."""
+    if isinstance(counts, list):
+        return counts
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii")
+    if not isinstance(counts, str):
+        raise ValueError(f"'counts' is a {type(counts).__name__}")
+    runs, position = [], 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(counts):
+                raise ValueError("the compressed counts end inside a number")
+            group = ord(counts[position]) - 48
+            if not 0 <= group < 64:
+                raise ValueError(f"character {counts[position]!r} is not in COCO's RLE alphabet")
+            value |= (group & 0x1F) << shift
+            more = bool(group & 0x20)
+            position += 1
+            shift += 5
+            if not more and group & 0x10:
+                value |= -1 << shift  # negative difference
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
+
+
+def rle_mask(segmentation, height, width):
+    """Decode a COCO RLE after checking its runs cover the image exactly (pycocotools' decoder
+    writes past its buffer when they add up to more)."""
+    runs = rle_counts(segmentation["counts"])
+    if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in runs):
+        raise ValueError("its run lengths must be non-negative integers")
+    if sum(runs) != height * width:
+        raise ValueError(f"its runs cover {sum(runs)} pixels, the image has {height * width}")
+    values = np.arange(len(runs)) % 2  # runs alternate background, mask, background, ...
+    return np.repeat(values.astype(bool), runs).reshape(width, height).T  # column-major
+
+
+def polygon_mask(polygons, height, width, where):
+    from pycocotools import mask as mask_utils
+
+    for polygon in polygons:
+        if (
+            not isinstance(polygon, list)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in polygon)
+            or len(polygon) % 2
+            or len(polygon) < 6
+        ):
+            raise CustomDatasetError(
+                f"{where}: a polygon must be a flat list [x1, y1, x2, y2, ...] of at least "
+                f"3 points (an even count of numbers); got {str(polygon)[:80]}"
+            )
+        xs, ys = np.asarray(polygon[0::2], float), np.asarray(polygon[1::2], float)
+        # pycocotools walks every edge pixel by pixel: a point far outside is an error, not
+        # an allocation of its length.
+        if not (
+            np.isfinite(xs).all()
+            and np.isfinite(ys).all()
+            and (np.abs(xs - width / 2) <= width).all()
+            and (np.abs(ys - height / 2) <= height).all()
+        ):
+            raise CustomDatasetError(
+                f"{where}: a polygon point lies far outside the {width}x{height} image: "
+                f"{str(polygon)[:80]}"
+            )
+    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    return mask_utils.decode(rle).astype(bool)
+
+
 def coco_mask(annotation, height, width, source):
-    """The bool mask of one COCO annotation (polygons or RLE), checked, decoded by pycocotools.
+    """The bool mask of one COCO annotation (polygons or RLE), checked before decoding.
 
     pycocotools drops a polygon's odd last coordinate and broadcasts an RLE of another size
     without a word: both are refused here, naming the annotation.
     """
-    from pycocotools import mask as mask_utils
-
     where = f"{source}: annotation {annotation.get('id')}"
     segmentation = annotation.get("segmentation")
     if isinstance(segmentation, list):  # polygons
@@ -274,42 +346,21 @@ def coco_mask(annotation, height, width, source):
                 f"{where} has an empty 'segmentation' (a box-only export?); a thing needs its "
                 "mask as polygons or RLE"
             )
-        for polygon in segmentation:
-            if (
-                not isinstance(polygon, list)
-                or not all(isinstance(v, (int, float)) for v in polygon)
-                or len(polygon) % 2
-                or len(polygon) < 6
-            ):
-                raise CustomDatasetError(
-                    f"{where}: a polygon must be a flat list [x1, y1, x2, y2, ...] of at least "
-                    f"3 points (an even count of numbers); got {str(polygon)[:80]}"
-                )
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation, dict) and {"size", "counts"} <= set(segmentation):
-        if list(segmentation["size"]) != [height, width]:
+        return polygon_mask(segmentation, height, width, where)
+    if isinstance(segmentation, dict) and {"size", "counts"} <= set(segmentation):
+        if segmentation["size"] != [height, width]:
             raise CustomDatasetError(
-                f"{where}: its RLE 'size' {list(segmentation['size'])} is not the image's "
+                f"{where}: its RLE 'size' {segmentation['size']} is not the image's "
                 f"[height, width] [{height}, {width}]"
             )
-        counts = segmentation["counts"]
         try:
-            if isinstance(counts, list):  # uncompressed RLE
-                rle = mask_utils.frPyObjects(segmentation, height, width)
-            else:
-                rle = dict(
-                    segmentation, counts=counts.encode() if isinstance(counts, str) else counts
-                )
-            mask = mask_utils.decode(rle)
-        except (TypeError, ValueError, AttributeError) as error:
-            raise CustomDatasetError(f"{where}: cannot decode its RLE ({error})") from error
-        return mask.astype(bool)
-    else:
-        raise CustomDatasetError(
-            f"{where}: 'segmentation' must be polygons (a list of lists) or an RLE with 'size' "
-            f"and 'counts'; got {str(segmentation)[:80]}"
-        )
-    return mask_utils.decode(rle).astype(bool)
+            return rle_mask(segmentation, height, width)
+        except ValueError as error:
+            raise CustomDatasetError(f"{where}: cannot decode its RLE: {error}") from error
+    raise CustomDatasetError(
+        f"{where}: 'segmentation' must be polygons (a list of lists) or an RLE with 'size' "
+        f"and 'counts'; got {str(segmentation)[:80]}"
+    )
 
 
 def convert_coco(semantic, annotations, table, source, semantic_source=None):
@@ -364,6 +415,14 @@ def label_paths(root, split, fmt):
     }
 
 
+def _is_integer(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_id(value):
+    return _is_integer(value) or isinstance(value, str)
+
+
 def coco_annotations_by_stem(root, split, table):
     path = os.path.join(root, "annotations", f"instances_{split}.json")
     if not os.path.isfile(path):
@@ -384,14 +443,28 @@ def coco_annotations_by_stem(root, split, table):
     for image in content["images"]:
         if not isinstance(image, dict) or not {"id", "file_name"} <= set(image):
             raise CustomDatasetError(f"{path}: an entry of 'images' lacks 'id' or 'file_name'")
+        if not _is_id(image["id"]) or not isinstance(image["file_name"], str):
+            raise CustomDatasetError(
+                f"{path}: image {image['id']!r:.40}: expected an integer or string 'id' and a "
+                "string 'file_name'"
+            )
         by_image[image["id"]] = stem(image["file_name"])
     grouped = {}
     for annotation in content["annotations"]:
+        if not isinstance(annotation, dict):
+            raise CustomDatasetError(f"{path}: an annotation is {annotation!r:.40}, not an object")
         missing = {"image_id", "category_id", "segmentation"} - set(annotation)
         if missing:
             raise CustomDatasetError(
                 f"{path}: annotation {annotation.get('id')} lacks {sorted(missing)}"
             )
+        for key, valid in (("image_id", _is_id), ("category_id", _is_integer),
+                           ("iscrowd", lambda v: v in (0, 1))):  # fmt: skip
+            if key in annotation and not valid(annotation[key]):
+                raise CustomDatasetError(
+                    f"{path}: annotation {annotation.get('id')}: {key} {annotation[key]!r:.40} "
+                    f"is not {'0 or 1' if key == 'iscrowd' else 'an integer'}"
+                )
         if annotation["image_id"] not in by_image:
             raise CustomDatasetError(
                 f"{path}: annotation {annotation.get('id')} refers to image "

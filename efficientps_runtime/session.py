@@ -15,7 +15,7 @@ from typing import List
 import numpy as np
 from PIL import Image
 
-from .fusion import PanopticFusion
+from .fusion import PIXEL_RULES, PanopticFusion
 
 METADATA_VERSION = 1
 METADATA_KEYS = ("input", "classes", "stuff_channels", "thing_channels", "fusion", "outputs")
@@ -30,6 +30,7 @@ class InputImageError(ValueError):
 
 
 def read_metadata(model_dir):
+    """metadata.json of an exported model, validated (``check_metadata``) when it is read."""
     path = os.path.join(model_dir, "metadata.json")
     if not os.path.isfile(path):
         raise ModelFolderError(
@@ -37,10 +38,31 @@ def read_metadata(model_dir):
             "(model.onnx + metadata.json)"
         )
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             metadata = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ModelFolderError(f"{path}: not valid JSON ({error})") from error
+    check_metadata(metadata, path)
+    return metadata
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _expect(ok, path, key, expected, value):
+    if not ok:
+        raise ModelFolderError(f"{path}: {key} is {value!r:.60}; expected {expected}")
+
+
+def check_metadata(metadata, path="metadata.json"):
+    """Every key the runtime reads, its type, and the tables' lengths against each other; a
+    broken file fails here, naming the key, not later inside ``predict``."""
+    _expect(isinstance(metadata, dict), path, "the file", "a JSON object", metadata)
     missing = [k for k in METADATA_KEYS if k not in metadata]
     if missing:
         raise ModelFolderError(f"{path}: missing keys {missing}")
@@ -49,7 +71,54 @@ def read_metadata(model_dir):
             f"{path}: format_version {metadata.get('format_version')!r}; this runtime reads "
             f"{METADATA_VERSION}"
         )
-    return metadata
+    _expect(isinstance(metadata.get("model", ""), str), path, "model", "a file name", None)
+    spec = metadata["input"]
+    _expect(isinstance(spec, dict), path, "input", "an object", spec)
+    order = spec.get("channel_order")
+    _expect(order in ("BGR", "RGB"), path, "input.channel_order", "'BGR' or 'RGB'", order)
+    for key in ("min_size_test", "max_size_test"):
+        value = spec.get(key)
+        _expect(_integer(value) and value >= 0, path, f"input.{key}", "an integer >= 0", value)
+    classes = metadata["classes"]
+    _expect(isinstance(classes, list) and classes, path, "classes", "a non-empty list", classes)
+    for index, entry in enumerate(classes):
+        where = f"classes[{index}]"
+        _expect(isinstance(entry, dict), path, where, "an object", entry)
+        for key, test, expected in (
+            ("channel", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+            ("dataset_id", _integer, "an integer"),
+            ("name", lambda v: isinstance(v, str), "a string"),
+            ("isthing", lambda v: isinstance(v, bool), "true or false"),
+        ):
+            _expect(test(entry.get(key)), path, f"{where}.{key}", expected, entry.get(key))
+    channels = {entry["channel"] for entry in classes}
+    _expect(len(channels) == len(classes), path, "classes", "one entry per channel", channels)
+    for key in ("stuff_channels", "thing_channels"):
+        value = metadata[key]
+        ok = isinstance(value, list) and all(_integer(c) and c in channels for c in value)
+        _expect(ok, path, key, "a list of channels that 'classes' lists", value)
+    overlap = set(metadata["stuff_channels"]) & set(metadata["thing_channels"])
+    _expect(not overlap, path, "stuff_channels/thing_channels", "disjoint lists", overlap)
+    _check_fusion(metadata["fusion"], len(metadata["thing_channels"]), path)
+    _expect(isinstance(metadata["outputs"], list), path, "outputs", "a list", metadata["outputs"])
+
+
+def _check_fusion(fusion, num_things, path):
+    _expect(isinstance(fusion, dict), path, "fusion", "an object", fusion)
+    for key in ("score_thresh", "overlap_thresh", "stuff_area", "mask_logit_scale"):
+        _expect(_number(fusion.get(key)), path, f"fusion.{key}", "a number", fusion.get(key))
+    reference = fusion.get("stuff_area_reference")
+    ok = isinstance(reference, list) and len(reference) == 2 and all(map(_number, reference))
+    _expect(ok, path, "fusion.stuff_area_reference", "[height, width]", reference)
+    rule = fusion.get("pixel_rule")
+    _expect(rule in PIXEL_RULES, path, "fusion.pixel_rule", f"one of {PIXEL_RULES}", rule)
+    weights = fusion.get("learned_weights", "missing")
+    ok = weights is None or (
+        isinstance(weights, list)
+        and len(weights) == num_things
+        and all(isinstance(w, list) and len(w) == 4 and all(map(_number, w)) for w in weights)
+    )
+    _expect(ok, path, "fusion.learned_weights", f"null or {num_things} lists of 4 numbers", weights)
 
 
 def resized_shape(height, width, min_size, max_size):

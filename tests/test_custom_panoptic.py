@@ -443,3 +443,18 @@ def test_a_missing_split_fails_before_any_split_is_written(tmp_path, converter, 
     assert converter.main(["--root", str(root), "--format", "coco"]) == 1
     assert "no images under" in capsys.readouterr().err and "images/val" in str(root / "images/val")
     assert_nothing_written(root)
+
+
+def test_rle_decoding_equals_pycocotools(converter):
+    from pycocotools import mask as pycocotools_mask
+
+    rng = np.random.default_rng(0)
+    for height, width in ((40, 64), (7, 3), (1, 1), (33, 50)):
+        mask = np.asfortranarray(rng.random((height, width)) < rng.random())
+        encoded = pycocotools_mask.encode(mask.astype(np.uint8))
+        expected = pycocotools_mask.decode(encoded).astype(bool)
+        compressed = dict(encoded, counts=encoded["counts"].decode())
+        assert np.array_equal(converter.rle_mask(compressed, height, width), expected)
+        assert np.array_equal(converter.rle_mask(uncompressed_rle(mask), height, width), expected)
+    with pytest.raises(ValueError, match="cover 7 pixels, the image has 6"):
+        converter.rle_mask({"counts": [3, 4]}, 2, 3)

@@ -81,7 +81,8 @@ def _read_pickle(path, what):
             return _ArraysOnlyUnpickler(f, encoding="latin1").load()
         except _RefusedGlobal as refused:
             raise _refusal(path, what, str(refused)) from None
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        except Exception as e:  # a damaged pickle fails in many ways (MemoryError from a
+            # corrupted length, KeyError from a memo, ...); none of them ran code from it
             raise WeightFileError(f"{what}: cannot read {path} as a pickle: {_reason(e)}") from e
 
 
