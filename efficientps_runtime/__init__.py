@@ -12,6 +12,7 @@ detectron2) like ``efficientps_pq``: onnxruntime, NumPy, OpenCV and Pillow only.
 
 from .fusion import PanopticFusion
 from .session import (
+    GraphOutputError,
     InputImageError,
     ModelFolderError,
     PrecisionError,
@@ -22,6 +23,7 @@ from .session import (
 )
 
 __all__ = [
+    "GraphOutputError",
     "InputImageError",
     "ModelFolderError",
     "PanopticFusion",

@@ -12,10 +12,36 @@ import cv2
 
 from .inputs import expand_inputs
 from .outputs import write_prediction
-from .session import BACKENDS, PRECISIONS, Session
+from .session import (
+    BACKENDS,
+    PRECISIONS,
+    GraphOutputError,
+    InputImageError,
+    ModelFolderError,
+    PrecisionError,
+    Session,
+)
+
+
+class UnreadableImageError(ValueError):
+    """An input file that OpenCV cannot decode as an image."""
+
+
+def read_image(path):
+    if os.path.isdir(path):
+        raise UnreadableImageError(f"{path}: a folder, not an image")
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        size = os.path.getsize(path) if os.path.isfile(path) else None
+        reason = "empty file" if size == 0 else "not an image OpenCV can decode"
+        raise UnreadableImageError(f"{path}: {reason}")
+    return image
 
 
 def main(argv=None):
+    """Runs the CLI; returns its exit status: 0 when every image was written, 1 when some
+    could not be read or predicted (each reported on one line), 2 for a bad model or input
+    list (one line, no traceback)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="folder with model.onnx + metadata.json")
     parser.add_argument("--input", nargs="+", required=True, help="files, globs, folders")
@@ -29,18 +55,26 @@ def main(argv=None):
         help="fp32 on every CPU (default); bf16: OpenVINO on CPUs with AVX512-BF16 or AMX",
     )
     args = parser.parse_args(argv)
-    paths = expand_inputs(args.input)
-    session = Session(
-        args.model, backend=args.backend, threads=args.threads, precision=args.precision
-    )
-    os.makedirs(args.output, exist_ok=True)
+    try:
+        paths = expand_inputs(args.input)
+        session = Session(
+            args.model, backend=args.backend, threads=args.threads, precision=args.precision
+        )
+        os.makedirs(args.output, exist_ok=True)
+    except (FileNotFoundError, ModelFolderError, PrecisionError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     classes = {c["dataset_id"]: c for c in session.metadata["classes"]}
+    failed = []
     start = time.perf_counter()
     for done, path in enumerate(paths, 1):
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"cannot read image {path}: expected a file OpenCV can decode")
-        panoptic, segments = session.predict(image, channel_order="BGR")
+        try:
+            image = read_image(path)
+            panoptic, segments = session.predict(image, channel_order="BGR")
+        except (UnreadableImageError, InputImageError, GraphOutputError) as error:
+            print(f"\nerror: {error}", file=sys.stderr)
+            failed.append(path)
+            continue
         prefix = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0])
         write_prediction(prefix, image, panoptic, segments, classes)
         elapsed = time.perf_counter() - start
@@ -52,9 +86,14 @@ def main(argv=None):
             flush=True,
         )
     print(file=sys.stderr)
-    print(f"wrote {len(paths)} panoptic predictions to {args.output}")
-    return paths
+    written = len(paths) - len(failed)
+    print(f"wrote {written} panoptic predictions to {args.output}")
+    if failed:
+        print(f"error: {len(failed)} of {len(paths)} inputs failed: {', '.join(failed)}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

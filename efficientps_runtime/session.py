@@ -29,6 +29,10 @@ class InputImageError(ValueError):
     """An image that is not (H, W, 3) uint8."""
 
 
+class GraphOutputError(RuntimeError):
+    """The backend returned outputs that the exported graph cannot have produced."""
+
+
 def read_metadata(model_dir):
     """metadata.json of an exported model, validated (``check_metadata``) when it is read."""
     path = os.path.join(model_dir, "metadata.json")
@@ -255,7 +259,17 @@ class Session:
     def run_graph(self, image_rgb_or_bgr, channel_order="BGR"):
         """The graph on one image after the test-size resize: (GraphOutputs, resized size)."""
         image = graph_input(image_rgb_or_bgr, self.input, channel_order)
-        return GraphOutputs(*self._run(image)), image.shape[:2]
+        outputs = GraphOutputs(*self._run(image))
+        self.check_outputs(outputs)
+        return outputs, image.shape[:2]
+
+    def check_outputs(self, outputs):
+        """Shapes, detection counts and class ids as the graph defines them; a backend that
+        returns anything else (garbage rows, uninitialised class ids) fails here, by name."""
+        problem = _output_problem(outputs, len(self.metadata["classes"]),
+                                  len(self.metadata["thing_channels"]))  # fmt: skip
+        if problem:
+            raise GraphOutputError(f"{self.backend} returned {problem}")
 
     def predict(self, image, channel_order="BGR"):
         """Panoptic segmentation of one (H, W, 3) uint8 image (OpenCV's BGR by default).
@@ -344,6 +358,28 @@ def _openvino_graph(model_path, threads, precision="fp32"):
 
     run.inference_precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
     return run
+
+
+def _output_problem(outputs, num_classes, num_things):
+    """What is wrong with one image's graph outputs, or None."""
+    sem = np.asarray(outputs.sem_logits)
+    if sem.ndim != 3 or sem.shape[0] != num_classes:
+        return f"semantic logits of shape {sem.shape}; expected ({num_classes}, H, W)"
+    count = len(outputs.scores)
+    shapes = {
+        "boxes": (np.shape(outputs.boxes), (count, 4)),
+        "classes": (np.shape(outputs.classes), (count,)),
+        "mask logits": (np.shape(outputs.mask_logits)[:1], (count,)),
+    }
+    for name, (shape, expected) in shapes.items():
+        if tuple(shape) != expected:
+            return f"{name} of shape {tuple(shape)} for {count} scores; expected {expected}"
+    classes = np.asarray(outputs.classes)
+    if count and (classes.min() < 0 or classes.max() >= num_things):
+        return f"thing classes {sorted(set(classes.tolist()))[:5]}; expected 0..{num_things - 1}"
+    if count and not (np.isfinite(outputs.boxes).all() and np.isfinite(outputs.scores).all()):
+        return "non-finite boxes or scores"
+    return None
 
 
 def graph_input(image, input_spec, channel_order="BGR"):

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -377,14 +378,68 @@ def test_trained_model_exports_with_the_pytorch_segments(tmp_path):
     assert worst["detections (PyTorch)"] > 0
 
 
-def test_runtime_cli_names_unreadable_inputs(exported, tmp_path):
+def test_runtime_cli_processes_every_readable_image_and_reports_the_rest(
+    exported, tmp_path, capsys
+):
+    """A batch goes on past unreadable files (each reported on one line, no traceback) and
+    exits non-zero at the end; a bad model folder or an empty glob is one line, status 2."""
     from efficientps_runtime.__main__ import main as runtime_main
 
-    model_dir = exported[0]
-    broken = tmp_path / "broken.png"
-    broken.write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="broken.png"):
-        runtime_main(["--model", str(model_dir), "--input", str(broken), "--output", str(tmp_path)])
-    with pytest.raises(FileNotFoundError, match="missing"):
-        runtime_main(["--model", str(model_dir), "--input", str(tmp_path / "missing*.png"),
-                      "--output", str(tmp_path)])  # fmt: skip
+    model_dir, images, _, _ = exported
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "a_good.png").write_bytes(images[0].read_bytes())
+    (inputs / "b_broken.png").write_bytes(b"not a png")
+    (inputs / "c_empty.png").write_bytes(b"")
+    (inputs / "d_folder.png").mkdir()
+    (inputs / "e_truncated.png").write_bytes(images[1].read_bytes()[:200])
+    (inputs / "f_good.png").write_bytes(images[1].read_bytes())
+    out = tmp_path / "out"
+    status = runtime_main(["--model", str(model_dir), "--input", str(inputs / "*.png"),
+                           "--output", str(out)])  # fmt: skip
+    stdout, stderr = capsys.readouterr()
+    assert status == 1
+    assert sorted(p.name for p in out.glob("*_panoptic.png")) == [
+        "a_good_panoptic.png",
+        "f_good_panoptic.png",
+    ]
+    assert "wrote 2 panoptic predictions" in stdout
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    for name, reason in (("b_broken", "not an image"), ("c_empty", "empty file"),
+                         ("d_folder", "a folder"), ("e_truncated", "not an image")):  # fmt: skip
+        assert any(f"{name}.png: {reason}" in line for line in errors), (name, stderr)
+    assert errors[-1].startswith("error: 4 of 6 inputs failed")
+    assert "Traceback" not in stderr
+    for arguments, message in (
+        (["--model", str(model_dir), "--input", str(tmp_path / "missing*.png")], "matches no"),
+        (["--model", str(tmp_path), "--input", str(inputs / "a_good.png")], "no metadata.json"),
+    ):
+        assert runtime_main([*arguments, "--output", str(out)]) == 2
+        stderr = capsys.readouterr().err
+        assert message in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_garbage_graph_outputs_fail_by_name(exported):
+    """A backend's uninitialised class ids (OpenVINO gave 990375315 for an empty output) or
+    inconsistent shapes fail with GraphOutputError, not an IndexError in the fusion."""
+    from efficientps_runtime import GraphOutputError
+    from efficientps_runtime.session import GraphOutputs
+
+    model_dir, images, _, _ = exported
+    session = Session(model_dir)
+    real = session._run
+    outputs, _ = session.run_graph(cv2.imread(str(images[0])))
+    bad_class = GraphOutputs(outputs.sem_logits, np.zeros((1, 4), np.float32),
+                             np.ones(1, np.float32), np.array([990375315]),
+                             np.zeros((1, 28, 28), np.float32))  # fmt: skip
+    for garbage, message in (
+        (bad_class, r"thing classes \[990375315\]; expected 0\.\.2"),
+        (replace(outputs, sem_logits=outputs.sem_logits[:3]), "semantic logits of shape"),
+        (replace(bad_class, boxes=np.zeros((0, 4))), "boxes of shape"),
+    ):
+        fields = [garbage.sem_logits, garbage.boxes, garbage.scores, garbage.classes,
+                  garbage.mask_logits]  # fmt: skip
+        session._run = lambda image, fields=fields: fields
+        with pytest.raises(GraphOutputError, match=message):
+            session.predict(cv2.imread(str(images[0])))
+    session._run = real
