@@ -20,13 +20,15 @@ padded to a multiple of 32 inside the graph, where every stride-2 conv sees an e
 import copy
 import json
 import os
+import types
 import warnings
 
 import torch
 from detectron2.data import MetadataCatalog
-from detectron2.structures import ImageList
+from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 from torch.nn import functional as F
+from torchvision.ops import nms
 
 from .class_tables import channel_to_dataset_id
 from .modeling import fold_for_export
@@ -35,7 +37,7 @@ from .modeling.meta_arch.efficientps import EfficientPS
 METADATA_VERSION = 1
 OPSET = 17  # ROIAlign with aligned=True (ROIAlignV2) needs 16
 INPUT_NAME = "image"
-OUTPUT_NAMES = ("sem_logits", "boxes", "scores", "classes", "mask_logits")
+OUTPUT_NAMES = ("sem_logits", "boxes", "scores", "classes", "mask_logits", "num_detections")
 
 
 class ExportError(ValueError):
@@ -77,6 +79,9 @@ class ExportableEfficientPS(nn.Module):
             detections.scores,
             detections.pred_classes,
             detections.pred_mask_logits[:, 0],
+            # The detection count as a value of its own: OpenVINO returns one uninitialised
+            # row for an empty (0-row) output, the count tells the runtime how many are real.
+            torch._shape_as_tensor(detections.scores)[0],
         )
 
 
@@ -99,7 +104,54 @@ def exportable_copy(model):
     model = copy.deepcopy(model).eval()
     model.inference_dtype = torch.float32  # reduced precision is not exported
     fold_for_export(model)
+    predictor = model.roi_heads.box_predictor
+    predictor.inference = types.MethodType(_box_inference_without_branches, predictor)
     return ExportableEfficientPS(model).eval()
+
+
+def _box_inference_without_branches(predictor, predictions, proposals):
+    """detectron2's ``FastRCNNOutputLayers.inference`` (score filter, per-class NMS, top k),
+    the same numbers, recorded without a data-dependent branch.
+
+    torchvision's ``batched_nms`` returns early for no boxes; exported, that is an ONNX ``If``
+    whose empty branch OpenVINO evaluates to one row (index 0): with no detection it then
+    returned one row of uninitialised memory. Here the NMS runs on the empty input too (an
+    empty result in every runtime).
+    """
+    boxes = predictor.predict_boxes(predictions, proposals)
+    scores = predictor.predict_probs(predictions, proposals)
+    results = [
+        _detections_of_one_image(
+            b, s, p.image_size, predictor.test_score_thresh, predictor.test_nms_thresh,
+            predictor.test_topk_per_image,
+        )
+        for b, s, p in zip(boxes, scores, proposals)
+    ]  # fmt: skip
+    return [r[0] for r in results], [r[1] for r in results]
+
+
+def _detections_of_one_image(boxes, scores, image_size, score_thresh, nms_thresh, topk):
+    scores = scores[:, :-1]  # the last column is the background
+    per_class = boxes.shape[1] // 4
+    boxes = Boxes(boxes.reshape(-1, 4))
+    boxes.clip(image_size)
+    boxes = boxes.tensor.view(-1, per_class, 4)
+    confident = scores > score_thresh
+    indices = confident.nonzero()  # (row, class) of each candidate
+    boxes = boxes[indices[:, 0], 0] if per_class == 1 else boxes[confident]
+    scores = scores[confident]
+    # Per-class NMS as one NMS: boxes of different classes moved apart (torchvision's trick);
+    # the 0 joined to the maximum keeps the reduction defined for no boxes.
+    largest = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()
+    offsets = indices[:, 1].to(boxes) * (largest + 1)
+    keep = nms(boxes.float() + offsets[:, None], scores, nms_thresh)
+    if topk >= 0:
+        keep = keep[:topk]
+    result = Instances(image_size)
+    result.pred_boxes = Boxes(boxes[keep])
+    result.scores = scores[keep]
+    result.pred_classes = indices[keep, 1]
+    return result, indices[keep, 0]
 
 
 def export_onnx(model, sample_image, path, opset=OPSET):

@@ -156,13 +156,36 @@ def test_precision_is_float32_unless_asked_on_every_cpu(exported):
     assert 1e-6 < error < 0.1  # really computed in bf16 (8 mantissa bits), and still close
 
 
+def test_no_detection_is_zero_rows_on_every_backend(tmp_path):
+    """A model whose detections all fall below its score threshold on a blank image: 0 rows
+    from PyTorch, onnxruntime and OpenVINO (which returned one uninitialised row, class
+    990375315, before the exported NMS lost its early-return branch)."""
+    opts = ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128"]  # score threshold 0.5
+    images, opts = random_demo_checkpoint(tmp_path, "synth_empty", opts, count=1, seed=4)
+    model_dir = tmp_path / "exported"
+    load_export_tool().main(["--config-file", DEMO_CONFIG, "--output", str(model_dir),
+                             "--sample-image", str(images[0]), *opts])  # fmt: skip
+    predictor = PanopticPredictor(setup_cfg(DEMO_CONFIG, opts))
+    for blank in (np.zeros((64, 128, 3), np.uint8), np.full((90, 200, 3), 255, np.uint8)):
+        with torch.no_grad():
+            reference = predictor(blank)
+        assert len(reference["instances"]) == 0
+        for backend in ("onnxruntime", "openvino"):
+            prediction = Session(model_dir, backend=backend).predict_full(blank)
+            assert len(prediction.detections.scores) == 0, backend
+            ids, segments = reference["panoptic_seg"]
+            assert np.array_equal(prediction.panoptic, ids.numpy()), backend
+            assert len(prediction.segments_info) == len(segments)
+
+
 def assert_graph_outputs_match(got, expected):
     """onnxruntime's graph outputs equal the PyTorch wrapper's: semantic logits to 1e-4
     relative; the same detections, each matched to the runtime's with the nearest box (random
     weights give near-equal scores, whose order float rounding may swap)."""
     assert np.abs(got[0] - expected[0]).max() <= 1e-4 * np.abs(expected[0]).max()
     assert len(got[2]) == len(expected[2]) > 0
-    for box, score, label, mask in zip(*expected[1:]):
+    assert int(got[5]) == len(got[2])  # the detection count output
+    for box, score, label, mask in zip(*expected[1:5]):
         j = np.abs(got[1] - box).sum(1).argmin()
         assert np.abs(got[1][j] - box).max() <= 1e-3 and got[3][j] == label
         assert abs(got[2][j] - score) <= 1e-5
