@@ -25,6 +25,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
 from efficientps_runtime.inputs import IMAGE_EXTENSIONS, expand_inputs
+from efficientps_runtime.session import checked_resized_shape
 
 from .channel_argmax import channel_argmax
 from .class_tables import PanopticClassTables, channel_to_dataset_id
@@ -65,6 +66,15 @@ class PanopticPredictor(DefaultPredictor):
         check_weights_fit(self.model, weights, cfg.MODEL.WEIGHTS)
         AtomicCheckpointer(self.model).load(cfg.MODEL.WEIGHTS, checkpointables=[])
         self.metadata = MetadataCatalog.get((cfg.DATASETS.TEST or cfg.DATASETS.TRAIN)[0])
+
+    def __call__(self, original_image):
+        """DefaultPredictor's call, after refusing an image that its resize would make empty
+        (InputImageError, as the exported runtime does), instead of Pillow's error."""
+        height, width = original_image.shape[:2]
+        checked_resized_shape(
+            height, width, self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
+        )
+        return super().__call__(original_image)
 
 
 def read_image(path):

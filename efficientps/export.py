@@ -118,8 +118,19 @@ def _box_inference_without_branches(predictor, predictions, proposals):
     returned one row of uninitialised memory. Here the NMS runs on the empty input too (an
     empty result in every runtime).
     """
-    boxes = predictor.predict_boxes(predictions, proposals)
-    scores = predictor.predict_probs(predictions, proposals)
+    if len(proposals) == 1:
+        # detectron2 splits the batch's rows per image by len(proposals), which a trace
+        # records as a constant (the sample's proposal count): an image with fewer anchors,
+        # e.g. 30x7000, then failed in the graph's Split. One image needs no split.
+        logits, deltas = predictions
+        sigmoid = getattr(predictor, "use_sigmoid_ce", False)  # detectron2 main's option
+        probabilities = logits.sigmoid() if sigmoid else F.softmax(logits, dim=-1)
+        anchors = proposals[0].proposal_boxes.tensor
+        boxes = [predictor.box2box_transform.apply_deltas(deltas, anchors)]
+        scores = [probabilities]
+    else:
+        boxes = predictor.predict_boxes(predictions, proposals)
+        scores = predictor.predict_probs(predictions, proposals)
     results = [
         _detections_of_one_image(
             b, s, p.image_size, predictor.test_score_thresh, predictor.test_nms_thresh,

@@ -140,6 +140,19 @@ def resized_shape(height, width, min_size, max_size):
     return int(new_h + 0.5), int(new_w + 0.5)
 
 
+def checked_resized_shape(height, width, min_size, max_size):
+    """``resized_shape``, refusing an image so elongated that a side would round to 0 pixels
+    (the PyTorch predictor and the runtime take the same decision through this)."""
+    new_h, new_w = resized_shape(height, width, min_size, max_size)
+    if min(new_h, new_w) < 1:
+        raise InputImageError(
+            f"a {width}x{height} image (width x height) resizes to {new_w}x{new_h} at the test "
+            f"size (shortest edge {min_size}, longest at most {max_size}): too elongated; crop "
+            f"or pad it to an aspect ratio of at most {2 * max_size}:1"
+        )
+    return new_h, new_w
+
+
 def resize_image(image, height, width):
     """uint8 (H, W, 3) -> (height, width, 3) as detectron2's ResizeTransform (Pillow bilinear)."""
     if image.shape[:2] == (height, width):
@@ -403,7 +416,7 @@ def graph_input(image, input_spec, channel_order="BGR"):
         raise InputImageError(f"channel_order={channel_order!r}; expected 'BGR' or 'RGB'")
     if channel_order != input_spec["channel_order"]:
         image = image[:, :, ::-1]
-    height, width = resized_shape(
+    height, width = checked_resized_shape(
         *image.shape[:2], input_spec["min_size_test"], input_spec["max_size_test"]
     )
     return np.ascontiguousarray(resize_image(np.ascontiguousarray(image), height, width))

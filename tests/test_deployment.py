@@ -178,6 +178,32 @@ def test_no_detection_is_zero_rows_on_every_backend(tmp_path):
             assert len(prediction.segments_info) == len(segments)
 
 
+@pytest.mark.parametrize(
+    "height, width", [(30, 7000), (7000, 30), (8, 128), (128, 8), (1, 1), (2, 1000), (1000, 1)]
+)
+def test_extreme_image_sizes_same_decision_in_both_paths(exported, height, width):
+    """16:1 and wider used to fail inside the graph (the test-time proposal count was a
+    constant); a side that the resize makes 0 pixels is refused the same way by both."""
+    model_dir, _, predictor, _ = exported
+    session = Session(model_dir)
+    image = np.random.default_rng(height * width).integers(0, 255, (height, width, 3), np.uint8)
+    try:
+        with torch.no_grad():
+            reference = predictor(image)
+    except InputImageError as error:
+        with pytest.raises(InputImageError, match="too elongated") as runtime_error:
+            session.predict(image)
+        assert str(runtime_error.value) == str(error)
+        assert max(height, width) / min(height, width) > 2 * 128  # refused only past the limit
+        return
+    prediction = session.predict_full(image)
+    assert len(prediction.detections.scores) == len(reference["instances"])
+    ids, segments = reference["panoptic_seg"]
+    to_dataset = {c["channel"]: c["dataset_id"] for c in session.metadata["classes"]}
+    segments = [{**s, "category_id": to_dataset[s["category_id"]]} for s in segments]
+    same_segments(ids.numpy(), segments, prediction.panoptic, prediction.segments_info)
+
+
 def assert_graph_outputs_match(got, expected):
     """onnxruntime's graph outputs equal the PyTorch wrapper's: semantic logits to 1e-4
     relative; the same detections, each matched to the runtime's with the nearest box (random
