@@ -32,6 +32,9 @@ setup(
         # Export (tools/export_model.py) and the torch-free runtime (efficientps_runtime).
         "onnx",
         "onnxruntime",
+        # torch.onnx.export's default (dynamo) exporter needs it: detectron2-style
+        # torch.onnx.export(model.backbone, ...) failed with ModuleNotFoundError without it.
+        "onnxscript",
     ],
     # hotcoco: the Rust PQ implementation that benchmarks/pq_eval.py compares against; timm:
     # the ImageNet-weights converter is tested against timm's own EfficientNets; openvino: the

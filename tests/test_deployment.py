@@ -287,10 +287,6 @@ def test_bad_inputs_get_clear_errors(exported, tmp_path):
     cfg = setup_cfg(DEMO_CONFIG, ["INPUT.FORMAT", "L"])
     with pytest.raises(ExportError, match="INPUT.FORMAT"):
         export_metadata(cfg, predictor.model)
-    with pytest.raises(ExportError, match="--format torch_export"):
-        load_export_tool().main(
-            ["--config-file", DEMO_CONFIG, "--output", str(tmp_path), "--format", "torch_export"]
-        )
 
 
 def random_fusion_inputs(seed, height=48, width=80, detections=6, channels=7, things=(4, 5, 6)):

@@ -147,6 +147,22 @@ def test_onnx_export_runs_in_onnxruntime_at_other_sizes(backbone_and_reference):
     assert_close_to(expected, session.run(None, {"image": other.numpy()}))
 
 
+def test_default_onnx_exporter_works_on_a_fresh_install(backbone_and_reference, tmp_path):
+    """torch.onnx.export with torch's default exporter (torch.export-based, which needs
+    onnxscript, a dependency of ours), as detectron2 users call it, run by onnxruntime.
+    Static sizes: with dynamic H and W it takes minutes here (the TorchScript-based exporter,
+    dynamo=False, is the route for those, above)."""
+    import onnxruntime
+
+    backbone, image, reference = backbone_and_reference
+    model = TupleOutputs(copied(backbone, folded=True))
+    with torch.no_grad():
+        program = torch.onnx.export(model, (image,))
+    program.save(str(tmp_path / "backbone.onnx"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "backbone.onnx"))
+    assert_close_to(reference, session.run(None, {session.get_inputs()[0].name: image.numpy()}))
+
+
 def test_onnx_graph_holds_folded_convs_only(backbone_and_reference):
     import onnx
 

@@ -2,7 +2,7 @@
 """Export a trained EfficientPS for the torch-free runtime, and check the export.
 
     python tools/export_model.py --config-file CFG --output DIR [--sample-image IMG] \
-        [--format onnx] MODEL.WEIGHTS path/to/model_final.pth [KEY VALUE ...]
+        MODEL.WEIGHTS path/to/model_final.pth [KEY VALUE ...]
 
 Writes DIR/model.onnx and DIR/metadata.json (see efficientps/export.py for what is inside the
 graph), then runs the exported model with ``efficientps_runtime`` on the sample image (or on a
@@ -28,8 +28,6 @@ from efficientps.export import ExportError, export_metadata, export_onnx, write_
 from efficientps_runtime import Session  # noqa: E402
 from efficientps_runtime.agreement import matching_pixel_share  # noqa: E402
 from efficientps_runtime.session import BACKENDS, graph_input  # noqa: E402
-
-FORMATS = ("onnx", "torch_export")
 
 
 def sample_image(path, cfg):
@@ -77,7 +75,6 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--output", required=True, help="folder for model.onnx + metadata.json")
-    parser.add_argument("--format", default="onnx", choices=FORMATS)
     parser.add_argument("--sample-image", help="image to record the graph with and check on")
     parser.add_argument(
         "--check-images",
@@ -91,11 +88,6 @@ def main(argv=None):
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs (MODEL.WEIGHTS)")
     args = parser.parse_args(argv)
-    if args.format != "onnx":
-        raise ExportError(
-            f"--format {args.format}: not supported. torch.export cannot capture detectron2's "
-            "data-dependent RPN/ROI code (proposal counts, NMS); use --format onnx"
-        )
     cfg = setup_cfg(args.config_file, ["MODEL.DEVICE", "cpu"] + list(args.opts))
     if not cfg.MODEL.WEIGHTS:
         raise ExportError("MODEL.WEIGHTS: give the trained weights to export")
