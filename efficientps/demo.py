@@ -24,7 +24,12 @@ from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
-from efficientps_runtime.inputs import IMAGE_EXTENSIONS, expand_inputs
+from efficientps_runtime.inputs import (
+    IMAGE_EXTENSIONS,
+    UnreadableInputError,
+    expand_inputs,
+    read_image,
+)
 from efficientps_runtime.session import checked_resized_shape
 
 from .channel_argmax import channel_argmax
@@ -34,10 +39,6 @@ from .engine.checkpoint import AtomicCheckpointer, check_weights_fit, read_check
 from .evaluation import read_panoptic_png, write_panoptic_png
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
-
-
-class UnreadableInputError(ValueError):
-    pass
 
 
 def setup_cfg(config_file, opts=()):
@@ -75,16 +76,6 @@ class PanopticPredictor(DefaultPredictor):
             height, width, self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
         )
         return super().__call__(original_image)
-
-
-def read_image(path):
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise UnreadableInputError(
-            f"cannot read image {path}: expected a file OpenCV can decode "
-            f"({', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
-    return image
 
 
 def iter_frames(path):

@@ -8,9 +8,7 @@ import os
 import sys
 import time
 
-import cv2
-
-from .inputs import expand_inputs
+from .inputs import UnreadableInputError, expand_inputs, read_image
 from .outputs import write_prediction
 from .session import (
     BACKENDS,
@@ -21,21 +19,6 @@ from .session import (
     PrecisionError,
     Session,
 )
-
-
-class UnreadableImageError(ValueError):
-    """An input file that OpenCV cannot decode as an image."""
-
-
-def read_image(path):
-    if os.path.isdir(path):
-        raise UnreadableImageError(f"{path}: a folder, not an image")
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        size = os.path.getsize(path) if os.path.isfile(path) else None
-        reason = "empty file" if size == 0 else "not an image OpenCV can decode"
-        raise UnreadableImageError(f"{path}: {reason}")
-    return image
 
 
 def main(argv=None):
@@ -71,7 +54,7 @@ def main(argv=None):
         try:
             image = read_image(path)
             panoptic, segments = session.predict(image, channel_order="BGR")
-        except (UnreadableImageError, InputImageError, GraphOutputError) as error:
+        except (UnreadableInputError, InputImageError, GraphOutputError) as error:
             print(f"\nerror: {error}", file=sys.stderr)
             failed.append(path)
             continue
