@@ -37,7 +37,7 @@ from .modeling.meta_arch.efficientps import EfficientPS
 METADATA_VERSION = 1
 OPSET = 17  # ROIAlign with aligned=True (ROIAlignV2) needs 16
 INPUT_NAME = "image"
-OUTPUT_NAMES = ("sem_logits", "boxes", "scores", "classes", "mask_logits", "num_detections")
+OUTPUT_NAMES = ("sem_logits", "boxes", "scores", "classes", "mask_logits")
 
 
 class ExportError(ValueError):
@@ -79,9 +79,6 @@ class ExportableEfficientPS(nn.Module):
             detections.scores,
             detections.pred_classes,
             detections.pred_mask_logits[:, 0],
-            # The detection count as a value of its own: OpenVINO returns one uninitialised
-            # row for an empty (0-row) output, the count tells the runtime how many are real.
-            torch._shape_as_tensor(detections.scores)[0],
         )
 
 

@@ -272,7 +272,7 @@ class Session:
     def run_graph(self, image_rgb_or_bgr, channel_order="BGR"):
         """The graph on one image after the test-size resize: (GraphOutputs, resized size)."""
         image = graph_input(image_rgb_or_bgr, self.input, channel_order)
-        outputs = graph_outputs(self._run(image))
+        outputs = GraphOutputs(*self._run(image))
         self.check_outputs(outputs)
         return outputs, image.shape[:2]
 
@@ -371,19 +371,6 @@ def _openvino_graph(model_path, threads, precision="fp32"):
 
     run.inference_precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
     return run
-
-
-def graph_outputs(values):
-    """GraphOutputs from the graph's output list. Graphs exported since the detection count
-    became an output end with it: the detection outputs are cut to that many rows (OpenVINO
-    returns one uninitialised row where there is none)."""
-    if len(values) == 5:  # exported before the count was an output
-        return GraphOutputs(*values)
-    *values, count = values
-    count = int(np.asarray(count).reshape(-1)[0]) if np.size(count) == 1 else -1
-    if not 0 <= count <= len(values[2]):
-        raise GraphOutputError(f"a detection count of {count} for {len(values[2])} rows")
-    return GraphOutputs(values[0], *(np.asarray(v)[:count] for v in values[1:]))
 
 
 def _output_problem(outputs, num_classes, num_things):
