@@ -47,10 +47,9 @@ import os
 import re
 from collections import Counter, OrderedDict
 
-import numpy as np
 import torch
 
-from .engine.weight_files import WeightFileError, read_weight_file
+from .engine.weight_files import WeightFileError, arrays_as_tensors, read_weight_file
 from .modeling.backbone.efficientnet import efficientnet_block_args
 
 logger = logging.getLogger(__name__)
@@ -292,8 +291,7 @@ def read_official_checkpoint(path):
             "mmdetection 'state_dict' with keys like 'backbone.conv_stem.weight', "
             "'neck.lateral_convs_top.0.conv.weight')"
         )
-    state_dict = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v
-                  for k, v in state_dict.items()}  # fmt: skip
+    state_dict = arrays_as_tensors(state_dict)
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
             raise WeightFileError(

@@ -20,7 +20,6 @@ import logging
 import os
 import re
 
-import numpy as np
 import torch
 
 TIMM, EFFICIENTNET_PYTORCH = "timm", "efficientnet-pytorch"
@@ -39,7 +38,7 @@ def read_state_dict(path, what="--input"):
     """The tensors of ``path`` (.pth, .bin or .safetensors), unwrapped and without prefixes."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what}: no file {path!r} (a local file; nothing is downloaded)")
-    from .engine.weight_files import read_weight_file  # no code from the file runs
+    from .engine.weight_files import arrays_as_tensors, read_weight_file  # runs no file code
 
     state = read_weight_file(path, what)
     for key in WRAPPER_KEYS:
@@ -48,7 +47,7 @@ def read_state_dict(path, what="--input"):
             break
     if not isinstance(state, dict) or not state:
         raise ImageNetWeightsError(f"{what}: {path!r} holds no state dict")
-    state = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}
+    state = arrays_as_tensors(state)
     return {_strip_prefix(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 

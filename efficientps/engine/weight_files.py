@@ -183,7 +183,9 @@ def state_dict_of(path, what="MODEL.WEIGHTS"):
     weights = detectron2_checkpoint(path, what)["model"]
     if not isinstance(weights, dict):
         raise WeightFileError(f"{what}: {path} holds no state dict (a {type(weights).__name__})")
-    return {
-        k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
-        for k, v in weights.items()
-    }
+    return arrays_as_tensors(weights)
+
+
+def arrays_as_tensors(weights):
+    """``weights`` with its NumPy arrays (what .pkl files and some .pth hold) as tensors."""
+    return {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in weights.items()}

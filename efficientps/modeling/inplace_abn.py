@@ -34,7 +34,7 @@ def _synchronised(sync):
     return sync and comm.get_world_size() > 1
 
 
-def _statistics_dtype(x, weight):
+def _statistics_dtype(weight):
     """float32 statistics for float16/bfloat16 activations (autocast), float64 for float64."""
     return torch.promote_types(weight.dtype, torch.float32)
 
@@ -83,7 +83,7 @@ def _batch_norm_act(x, weight, bias, running_mean, running_var, momentum, eps, s
     tensor when synchronised: reading it would synchronise with the device).
     """
     count = x.numel() // x.shape[1]
-    stats_dtype = _statistics_dtype(x, weight)
+    stats_dtype = _statistics_dtype(weight)
     if not _synchronised(sync):
         if count == 0:  # BatchNorm2d's result on an empty batch; running statistics untouched
             y = x.new_empty(x.shape)
