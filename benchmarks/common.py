@@ -38,9 +38,32 @@ def machine_line(device="cpu"):
     except (OSError, StopIteration):
         pass
     return (
-        f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"{cpu} ({cpu_features()}), {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"Python {platform.python_version()}"
     )
+
+
+# The CPU features that decide how bf16 and int8 run (and whether OpenVINO picks bf16 itself).
+CPU_FEATURES = (
+    ("amx_bf16", "AMX-BF16"),
+    ("amx_int8", "AMX-INT8"),
+    ("avx512_bf16", "AVX512-BF16"),
+    ("avx512_vnni", "AVX512-VNNI"),
+    ("avx_vnni", "AVX-VNNI"),
+)
+
+
+def cpu_features():
+    """'AVX512-BF16, AVX512-VNNI, no AMX': the reduced-precision features /proc/cpuinfo lists."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(line for line in f if line.startswith("flags")).split(":")[1].split())
+    except (OSError, StopIteration):
+        return "CPU flags unknown"
+    names = [name for flag, name in CPU_FEATURES if flag in flags]
+    if not any(flag.startswith("amx") for flag in flags):
+        names.append("no AMX")
+    return ", ".join(names) or "no AVX512-BF16, VNNI or AMX"
 
 
 def median_seconds(fn, runs=3, warmup=1, device="cpu"):

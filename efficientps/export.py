@@ -193,7 +193,24 @@ def export_onnx(model, sample_image, path, opset=OPSET):
             opset_version=opset,
             dynamo=False,
         )
+    _declare_output_sizes(path, wrapper.model)
     return wrapper
+
+
+def _declare_output_sizes(path, model):
+    """Write the sizes the graph fixes into its declared outputs (the tracer leaves them
+    symbolic): the semantic channels and the 4 box coordinates. The runtime checks them
+    against metadata.json when it opens the folder."""
+    import onnx
+
+    graph = onnx.load(path)
+    sizes = {"sem_logits": {0: model.class_tables.num_classes}, "boxes": {1: 4}}
+    for output in graph.graph.output:
+        for axis, size in sizes.get(output.name, {}).items():
+            dim = output.type.tensor_type.shape.dim[axis]
+            dim.Clear()
+            dim.dim_value = size
+    onnx.save(graph, path)
 
 
 def _uses_aligned_roi_align(model):

@@ -9,10 +9,11 @@ import cv2
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 
-def expand_inputs(patterns, extensions=IMAGE_EXTENSIONS, kinds="image"):
+def expand_inputs(patterns, extensions=IMAGE_EXTENSIONS, kinds="image", option="--input"):
     """Files, globs and folders -> paths, in order (a folder gives its files whose extension is
-    one of ``extensions``, sorted). A pattern matching nothing fails naming it; ``kinds`` says
-    what it should have matched ("image", "image, video")."""
+    one of ``extensions``, sorted). A pattern matching nothing fails naming it and the
+    command-line ``option``; ``kinds`` says what it should have matched ("image", "image, video").
+    """
     paths = []
     for pattern in patterns:
         if os.path.isdir(pattern):
@@ -24,7 +25,7 @@ def expand_inputs(patterns, extensions=IMAGE_EXTENSIONS, kinds="image"):
         else:
             found = sorted(glob.glob(os.path.expanduser(pattern)))
         if not found:
-            raise FileNotFoundError(f"--input {pattern!r} matches no {kinds} or folder")
+            raise FileNotFoundError(f"{option} {pattern!r} matches no {kinds} or folder")
         paths.extend(found)
     return paths
 

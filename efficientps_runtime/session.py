@@ -105,6 +105,25 @@ def check_metadata(metadata, path="metadata.json"):
     _expect(not overlap, path, "stuff_channels/thing_channels", "disjoint lists", overlap)
     _check_fusion(metadata["fusion"], len(metadata["thing_channels"]), path)
     _expect(isinstance(metadata["outputs"], list), path, "outputs", "a list", metadata["outputs"])
+    _check_precisions(metadata.get("precisions", {}), path)
+
+
+def _check_precisions(precisions, path):
+    """``precisions``: reduced-precision copies of the graph (tools/export_model.py --quantize)."""
+    _expect(isinstance(precisions, dict), path, "precisions", "an object", precisions)
+    for name, entry in precisions.items():
+        _expect(
+            name in MODEL_PRECISIONS, path, "precisions", f"keys among {MODEL_PRECISIONS}", name
+        )
+        _expect(isinstance(entry, dict), path, f"precisions.{name}", "an object", entry)
+        models = entry.get("models")
+        ok = isinstance(models, dict) and set(models) <= set(BACKENDS)
+        _expect(ok, path, f"precisions.{name}.models", f"an object with keys among {BACKENDS}",
+                models)  # fmt: skip
+        for backend, model in models.items():
+            ok = isinstance(model, str) and model and os.path.basename(model) == model
+            key = f"precisions.{name}.models.{backend}"
+            _expect(ok, path, key, "a file name in the folder", model)
 
 
 def _check_fusion(fusion, num_things, path):
@@ -217,7 +236,9 @@ BACKENDS = ("onnxruntime", "openvino")
 # What the graph computes in. float32 unless asked otherwise: OpenVINO's CPU plugin would
 # otherwise pick bfloat16 by itself on CPUs with AVX512-BF16 or AMX (Intel Xeon 4th gen+, AMD
 # Zen 4+), and results would depend on the machine.
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
+# Precisions that are a graph of their own in the folder (metadata "precisions"), not a setting.
+MODEL_PRECISIONS = ("int8",)
 
 
 class PrecisionError(ValueError):
@@ -232,8 +253,10 @@ class Session:
         backend: "onnxruntime" (default) or "openvino" (its CPU plugin; ``pip install openvino``).
         providers: onnxruntime execution providers (default: CPU).
         threads: inference threads (default: the backend's, one per core).
-        precision: "fp32" (default, on every CPU and backend) or "bf16" (OpenVINO on a CPU
-            with native bfloat16: AVX512-BF16 or AMX; refused elsewhere, never emulated).
+        precision: "fp32" (default, on every CPU and backend), "bf16" (OpenVINO on a CPU
+            with native bfloat16: AVX512-BF16 or AMX; refused elsewhere, never emulated) or
+            "int8" (the folder's int8 graph, either backend: tools/export_model.py --quantize
+            int8; its operations that stay float compute in float32).
     """
 
     def __init__(
@@ -243,31 +266,48 @@ class Session:
             raise ValueError(f"backend={backend!r}; expected one of {BACKENDS}")
         if precision not in PRECISIONS:
             raise PrecisionError(f"precision={precision!r}; expected one of {PRECISIONS}")
-        if precision != "fp32" and backend != "openvino":
+        if precision == "bf16" and backend != "openvino":
             raise PrecisionError(
                 f"precision={precision!r} needs backend='openvino' (onnxruntime's CPU provider "
                 "computes this graph in float32 only)"
             )
         self.metadata = read_metadata(model_dir)
-        model_path = os.path.join(model_dir, self.metadata.get("model", "model.onnx"))
+        model_path = os.path.join(model_dir, self._model_file(precision, backend, model_dir))
         if not os.path.isfile(model_path):
             raise ModelFolderError(
                 f"{model_path}: the ONNX model named by metadata.json is missing"
             )
         try:
             if backend == "openvino":
-                self._run = _openvino_graph(model_path, threads, precision)
+                # An int8 graph's float parts compute in float32, as onnxruntime's do.
+                graph_precision = "bf16" if precision == "bf16" else "fp32"
+                self._run = _openvino_graph(model_path, threads, graph_precision)
             else:
                 self._run = _onnxruntime_graph(model_path, providers, threads)
         except (ImportError, PrecisionError):
             raise
         except Exception as error:  # the backends raise their own Fail/InvalidGraph types
             raise ModelFolderError(f"{model_path}: {backend} cannot load it ({error})") from error
+        problem = _declared_output_problem(self._run.declared_outputs, self.metadata)
+        if problem:
+            raise ModelFolderError(f"{model_path} and its metadata.json disagree: {problem}")
         self.backend = backend
         self.precision = precision
         self.input = self.metadata["input"]
         self.fusion = PanopticFusion.from_metadata(self.metadata)
         self.classes = {c["channel"]: c for c in self.metadata["classes"]}
+
+    def _model_file(self, precision, backend, model_dir):
+        if precision not in MODEL_PRECISIONS:
+            return self.metadata.get("model", "model.onnx")
+        models = self.metadata.get("precisions", {}).get(precision, {}).get("models", {})
+        if backend not in models:
+            raise PrecisionError(
+                f"precision={precision!r}: {model_dir} has no {precision} graph for {backend} "
+                f"(metadata.json lists none); make one with tools/export_model.py --quantize "
+                f"{precision} --calibration-images GLOB"
+            )
+        return models[backend]
 
     def run_graph(self, image_rgb_or_bgr, channel_order="BGR"):
         """The graph on one image after the test-size resize: (GraphOutputs, resized size)."""
@@ -337,7 +377,15 @@ def _onnxruntime_graph(model_path, providers, threads):
         model_path, options, providers=providers or ["CPUExecutionProvider"]
     )
     name = session.get_inputs()[0].name
-    return lambda image: session.run(None, {name: image})
+
+    def run(image):
+        return session.run(None, {name: image})
+
+    run.declared_outputs = [
+        ({output.name}, [d if isinstance(d, int) else None for d in output.shape])
+        for output in session.get_outputs()
+    ]
+    return run
 
 
 OPENVINO_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
@@ -370,7 +418,49 @@ def _openvino_graph(model_path, threads, precision="fp32"):
         return [results[output] for output in outputs]
 
     run.inference_precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    run.declared_outputs = [
+        (
+            set(output.get_names()),  # OpenVINO keeps every name the tensor had
+            [d.get_length() if d.is_static else None for d in output.get_partial_shape()],
+        )
+        for output in outputs
+    ]
     return run
+
+
+# What each graph output is, by its dimensions: None where the size depends on the image.
+OUTPUT_DIMENSIONS = {
+    "sem_logits": ("classes", None, None),
+    "boxes": (None, 4),
+    "scores": (None,),
+    "classes": (None,),
+    "mask_logits": (None, None, None),
+}
+
+
+def _declared_output_problem(declared, metadata):
+    """The graph's declared outputs (each: its set of names, its dimensions) against
+    metadata.json: the names, in order, and the sizes the graph fixes (its semantic channels
+    against the class table), or None."""
+    listed = metadata["outputs"]
+    if len(declared) != len(listed) or any(n not in d for n, (d, _) in zip(listed, declared)):
+        names = [sorted(names)[0] for names, _ in declared]
+        return f"graph outputs {names}; metadata.json 'outputs' lists {listed}"
+    sizes = {"classes": len(metadata["classes"])}
+    for name, (_, shape) in zip(listed, declared):
+        expected = OUTPUT_DIMENSIONS.get(name)
+        if expected is None:
+            return f"graph output {name!r}: not one of {list(OUTPUT_DIMENSIONS)}"
+        if len(shape) != len(expected):
+            return f"graph output {name!r} has {len(shape)} dimensions; expected {len(expected)}"
+        for axis, (got, want) in enumerate(zip(shape, expected)):
+            want = sizes.get(want, want)
+            if got is not None and want is not None and got != want:
+                where = " (len(classes))" if expected[axis] == "classes" else ""
+                return (
+                    f"graph output {name!r} has size {got} on axis {axis}; expected {want}{where}"
+                )
+    return None
 
 
 def _output_problem(outputs, num_classes, num_things):

@@ -2,12 +2,15 @@
 """Export a trained EfficientPS for the torch-free runtime, and check the export.
 
     python tools/export_model.py --config-file CFG --output DIR [--sample-image IMG] \
+        [--quantize int8 --calibration-images 'train/*.png'] \
         MODEL.WEIGHTS path/to/model_final.pth [KEY VALUE ...]
 
 Writes DIR/model.onnx and DIR/metadata.json (see efficientps/export.py for what is inside the
 graph), then runs the exported model with ``efficientps_runtime`` on the sample image (or on a
 generated one at the test size) next to the PyTorch model and prints the largest differences
 and the share of identical panoptic pixels. Run it with ``python -m efficientps_runtime``.
+``--quantize int8`` also writes DIR/model_int8_{onnxruntime,openvino}.onnx, calibrated on your
+images (efficientps_runtime/quantize.py), and prints how far it is from the float32 graph.
 """
 
 import argparse
@@ -27,6 +30,8 @@ from efficientps.demo import PanopticPredictor, setup_cfg  # noqa: E402
 from efficientps.export import ExportError, export_metadata, export_onnx, write_metadata  # noqa
 from efficientps_runtime import Session  # noqa: E402
 from efficientps_runtime.agreement import matching_pixel_share  # noqa: E402
+from efficientps_runtime.inputs import expand_inputs  # noqa: E402
+from efficientps_runtime.quantize import CALIBRATION_METHODS, quantize_int8  # noqa: E402
 from efficientps_runtime.session import BACKENDS, graph_input  # noqa: E402
 
 
@@ -86,8 +91,20 @@ def main(argv=None):
     parser.add_argument(
         "--backend", default="onnxruntime", choices=BACKENDS, help="runtime for the self-check"
     )
+    parser.add_argument(
+        "--quantize", choices=["int8"], help="also write int8 graphs (model_int8_*.onnx)"
+    )
+    parser.add_argument(
+        "--calibration-images",
+        action="append",
+        default=[],
+        help="--quantize: images like those the model will see (file, glob or folder; "
+        "repeatable)",
+    )
+    parser.add_argument("--calibration-method", default="minmax", choices=CALIBRATION_METHODS)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs (MODEL.WEIGHTS)")
     args = parser.parse_args(argv)
+    calibration = calibration_paths(args)
     cfg = setup_cfg(args.config_file, ["MODEL.DEVICE", "cpu"] + list(args.opts))
     if not cfg.MODEL.WEIGHTS:
         raise ExportError("MODEL.WEIGHTS: give the trained weights to export")
@@ -110,6 +127,46 @@ def main(argv=None):
         print(f"  {name}: {value}")
     if args.check_images:
         report["check images"] = check_images(predictor, session, args.check_images)
+    if args.quantize:
+        report["int8"] = quantize(args, calibration, session, image)
+    return report
+
+
+def calibration_paths(args):
+    """The --calibration-images as paths (checked before anything is exported)."""
+    if bool(args.quantize) != bool(args.calibration_images):
+        raise SystemExit("--quantize int8 and --calibration-images go together")
+    if not args.quantize:
+        return []
+    try:
+        return expand_inputs(args.calibration_images, option="--calibration-images")
+    except FileNotFoundError as error:
+        raise SystemExit(f"error: {error}") from error
+
+
+def quantize(args, paths, float_session, image):
+    """model_int8.onnx calibrated on ``paths``, compared with the float32 graph on ``image``."""
+    start = time.perf_counter()
+    quantize_int8(
+        args.output, paths, args.calibration_method, progress=lambda p: tqdm(p, "calibration")
+    )
+    print(f"wrote the int8 graphs (one per backend) in {time.perf_counter() - start:.1f} s "
+          f"({len(paths)} calibration images, {args.calibration_method})")  # fmt: skip
+    reference = float_session.predict_full(image, channel_order="BGR")
+    int8 = Session(args.output, backend=args.backend, precision="int8")
+    prediction = int8.predict_full(image, channel_order="BGR")
+    report = {
+        "same semantic class (%)": 100.0 * float(np.mean(
+            reference.sem_logits.argmax(0) == prediction.sem_logits.argmax(0))),
+        "detections (float32, int8)": (len(reference.detections.scores),
+                                       len(prediction.detections.scores)),
+        "identical panoptic pixels (%)": 100.0 * matching_pixel_share(
+            reference.panoptic, prediction.panoptic),
+    }  # fmt: skip
+    print("int8 against the float32 graph on the sample image (benchmarks/precision.py "
+          "measures PQ, mIoU and AP on a val set):")  # fmt: skip
+    for name, value in report.items():
+        print(f"  {name}: {value}")
     return report
 
 

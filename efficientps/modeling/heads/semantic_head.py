@@ -190,6 +190,7 @@ class EfficientPSSemSegHead(nn.Module):
         self.dpc_32 = DPC(shapes[3].channels, conv_dims, dilations=dpc_dilations, **kw)
         self.mc_16_to_8 = MismatchCorrection(conv_dims, **kw)
         self.mc_8_to_4 = MismatchCorrection(conv_dims, **kw)
+        self.level_channels = conv_dims
         self.predictor = Conv2d(4 * conv_dims, num_classes, 1)
         nn.init.normal_(self.predictor.weight, std=0.01)
         nn.init.zeros_(self.predictor.bias)
@@ -246,7 +247,9 @@ class EfficientPSSemSegHead(nn.Module):
         function (and the same parameters) without the 4x128-channel tensor at 1/4 resolution.
         """
         weight, bias = self.predictor.weight, self.predictor.bias
-        parts = weight.split([x.shape[1] for x in levels], dim=1)
+        # Split by the constant width, not by the traced x.shape[1]: exported, the parts are
+        # then constant weights (which int8 quantization needs), not Slices of the weight.
+        parts = weight.split(self.level_channels, dim=1)
         size = levels[0].shape[-2:]
         logits = F.conv2d(levels[0], parts[0], bias)
         for x, part in zip(levels[1:], parts[1:]):

@@ -1,0 +1,191 @@
+"""int8 post-training static quantization of an exported EfficientPS, calibrated on your images.
+
+    quantize_int8("DIR", ["calib/a.png", ...])   # tools/export_model.py --quantize int8
+
+writes an int8 graph per backend next to the float32 ``model.onnx`` and records them in
+``metadata.json`` (``precisions.int8``); ``Session("DIR", precision="int8")`` runs the one of its
+backend. The weights of every Conv and Gemm (backbone, 2-way FPN, semantic head, RPN, box and
+mask heads) become int8 per output channel (symmetric), activations uint8 per tensor
+(asymmetric), with ranges measured once by running the float32 graph on the calibration images
+as the runtime feeds them (channel order, test-size resize). Everything else (ROIAlign, NMS,
+top-k, resizes, the box decoding) stays float32. The graphs are ONNX's QDQ form
+(QuantizeLinear/DequantizeLinear around float ops), placed as each backend needs them:
+
+- onnxruntime (``model_int8_onnxruntime.onnx``): Q/DQ on the inputs *and* outputs of every
+  Conv/Gemm, which onnxruntime fuses into QLinearConv/QGemm; with the inputs only it runs the
+  layers in float32 after dequantizing (no faster than float32).
+- OpenVINO (``model_int8_openvino.onnx``): Q/DQ on the inputs only, where NNCF (OpenVINO's own
+  quantizer) places them. With Q/DQ on the outputs too, OpenVINO's CPU plugin mis-computed the
+  2-way FPN's output convs (Q/DQ -> LeakyReLU -> float consumers): PQ 52 against onnxruntime's
+  66 on the same calibration (benchmarks/precision.py).
+
+Needs the ``onnx`` package besides onnxruntime (onnxruntime's quantization tools); running the
+quantized model needs only what the runtime needs.
+"""
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from .inputs import read_image
+from .session import ModelFolderError, graph_input, read_metadata
+
+QUANTIZED_OPS = ("Conv", "Gemm")
+# Per backend: its int8 graph's file, and whether the quantized layers' outputs get Q/DQ too.
+INT8_GRAPHS = {
+    "onnxruntime": ("model_int8_onnxruntime.onnx", True),
+    "openvino": ("model_int8_openvino.onnx", False),
+}
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+class CalibrationError(ValueError):
+    """Calibration images that cannot calibrate (none, unreadable): names the file."""
+
+
+def quantize_int8(model_dir, calibration_paths, method="minmax", progress=None):
+    """Quantize ``model_dir``/model.onnx to int8 with ranges from ``calibration_paths``.
+
+    Args:
+        model_dir: an export folder (model.onnx + metadata.json).
+        calibration_paths: image files (any size, like those the model will see).
+        method: how activation ranges are chosen: "minmax" (the observed range), "percentile"
+            (99.999th percentile of |x|) or "entropy" (KL divergence).
+        progress: optional wrapper around an iterable (e.g. tqdm) to show calibration progress.
+
+    Returns {backend: path of its int8 graph}; metadata.json gains ``precisions.int8``.
+    """
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"method={method!r}; expected one of {CALIBRATION_METHODS}")
+    paths = list(calibration_paths)
+    if not paths:
+        raise CalibrationError("no calibration images: give at least one image")
+    metadata = read_metadata(model_dir)
+    source = os.path.join(model_dir, metadata["model"])
+    if not os.path.isfile(source):
+        raise ModelFolderError(f"{source}: the ONNX model named by metadata.json is missing")
+    model = onnx.load(source)
+    _own_initializers(model)
+    targets = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = os.path.join(scratch, "prepared.onnx")
+        # onnxruntime's recommended preparation: constant folding (the semantic classifier's
+        # weight is split in four per level in the graph) and ONNX shape inference. Its
+        # symbolic shape inference does not know detectron2's data-dependent shapes: skipped.
+        quant_pre_process(model, prepared, skip_symbolic_shape=True)
+        images = _graph_inputs(paths, metadata["input"], progress or (lambda p: p))
+        # The first graph (onnxruntime's: every range it needs) calibrates; the other reads
+        # the ranges from the cache.
+        ranges = os.path.join(scratch, "ranges.json")
+        for backend, (name, quantize_outputs) in INT8_GRAPHS.items():
+            targets[backend] = os.path.join(model_dir, name)
+            _quantize(prepared, targets[backend], images, method, quantize_outputs, ranges)
+    metadata.setdefault("precisions", {})["int8"] = {
+        "models": {backend: name for backend, (name, _) in INT8_GRAPHS.items()},
+        "calibration_images": len(paths),
+        "calibration_method": method,
+        "quantized_ops": list(QUANTIZED_OPS),
+        "weights": "int8, symmetric, per output channel",
+        "activations": "uint8, asymmetric, per tensor",
+    }
+    _write_metadata(metadata, model_dir)
+    return targets
+
+
+def _graph_inputs(paths, input_spec, progress):
+    """The calibration images as the runtime feeds them to the graph, one feed dict each."""
+    for path in progress(paths):
+        yield {input_spec["name"]: graph_input(read_image(path), input_spec, "BGR")}
+
+
+def _quantize(source, target, feeds, method, quantize_outputs, ranges):
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Feeds(CalibrationDataReader):
+        def get_next(self):
+            return next(feeds, None)
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+    quantize_static(
+        source,
+        target,
+        Feeds(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(QUANTIZED_OPS),
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=methods[method],
+        calibration_providers=["CPUExecutionProvider"],
+        calibration_cache_path=ranges,
+        extra_options={
+            "OpTypesToExcludeOutputQuantization": [] if quantize_outputs else list(QUANTIZED_OPS)
+        },
+    )
+    if not quantize_outputs:
+        _float_for_other_readers(target)
+
+
+def _float_for_other_readers(path):
+    """Q/DQ on the quantized layers' inputs only: the quantizer hands every reader of a
+    quantized tensor the dequantized copy; the readers that are not quantized layers (a
+    residual Add, a resize) get the float tensor back, as in NNCF's placement."""
+    import onnx
+
+    model = onnx.load(path)
+    producers = {output: node for node in model.graph.node for output in node.output}
+    dequantized = {}  # DequantizeLinear output -> the float tensor its QuantizeLinear read
+    for node in model.graph.node:
+        quantize = producers.get(node.input[0])
+        if node.op_type == "DequantizeLinear" and quantize is not None:
+            if quantize.op_type == "QuantizeLinear":
+                dequantized[node.output[0]] = quantize.input[0]
+    for node in model.graph.node:
+        if node.op_type in QUANTIZED_OPS:
+            continue
+        for index, tensor in enumerate(node.input):
+            if tensor in dequantized:
+                node.input[index] = dequantized[tensor]
+    onnx.save(model, path)
+
+
+def _own_initializers(model):
+    """Give every Conv/Gemm its own constant weights and bias.
+
+    The ONNX exporter stores equal tensors once and reads the copies through ``Identity``
+    nodes (zero biases of untrained layers, for example); the quantizer needs each layer's
+    parameters as initializers of their own, so each Identity of an initializer becomes one.
+    """
+    from onnx import numpy_helper
+
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    kept = []
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in initializers:
+            array = numpy_helper.to_array(initializers[node.input[0]])
+            model.graph.initializer.append(numpy_helper.from_array(np.copy(array), node.output[0]))
+            continue
+        kept.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+
+
+def _write_metadata(metadata, model_dir):
+    path = os.path.join(model_dir, "metadata.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(metadata, f, indent=1)
