@@ -20,6 +20,10 @@ detections per image (random weights would otherwise give each a different numbe
                    uint8 image in, panoptic out, NumPy fusion included (test size = the input),
                    timed in a process without torch (benchmarks/runtime_worker.py)
   openvino         the same with the runtime's OpenVINO backend (CPU plugin)
+  onnxruntime int8, openvino int8
+                   the runtime with the backend's int8 graph (tools/export_model.py --quantize
+                   int8), calibrated on two other random images of the size
+  openvino bf16    the runtime with OpenVINO in bfloat16 (CPUs with AVX512-BF16 or AMX)
   torch.compile    the user path with its norms folded (fold_for_export) and the backbone and
                    semantic head compiled by torch.compile (compilation in the warm-up)
 Outputs of each variant are compared with the plain model's (same panoptic ids, semantic logits)
@@ -51,10 +55,25 @@ from efficientps.modeling import configure_inference, fold_for_export
 from efficientps_runtime.agreement import matching_pixel_share
 
 DETECTIONS = 50
-VARIANTS = ["plain", "user path", "user path, bf16", "onnxruntime", "openvino", "torch.compile"]
+RUNTIME_VARIANTS = ["onnxruntime", "onnxruntime int8", "openvino", "openvino bf16", "openvino int8"]
+VARIANTS = ["plain", "user path", "user path, bf16", *RUNTIME_VARIANTS, "torch.compile"]
 GPU_VARIANTS = ["plain", "user path", "user path, fp16", "user path, bf16"]
 REDUCED = {"fp16": "float16", "bf16": "bfloat16"}
-RUNTIME_BACKENDS = ("onnxruntime", "openvino")
+
+
+def precision_of(variant):
+    """What a variant computes in: the runtime's precision, the user path's inference dtype."""
+    if runtime_variant(variant):
+        return runtime_variant(variant)[1]
+    return variant[-4:] if variant[-4:] in REDUCED else "fp32"
+
+
+def runtime_variant(variant):
+    """(backend, precision) of a runtime variant ("openvino bf16"), or None."""
+    if variant not in RUNTIME_VARIANTS:
+        return None
+    backend, _, precision = variant.partition(" ")
+    return backend, precision or "fp32"
 
 
 def efficientps_variant_cfg(variant, device="cpu"):
@@ -99,8 +118,8 @@ def build_variant(kind, variant, device="cpu"):
 
 def build_predict(kind, variant, height, width, device="cpu"):
     """A function of the benchmark's inputs returning (panoptic ids, semantic logits)."""
-    if kind == "efficientps" and variant in RUNTIME_BACKENDS:
-        return runtime_predict(height, width, variant)
+    if kind == "efficientps" and runtime_variant(variant):
+        return runtime_predict(height, width, *runtime_variant(variant))
     model = build_variant(kind, variant, device)
     if kind == "efficientps" and variant == "torch.compile":
         fold_for_export(model)
@@ -118,10 +137,14 @@ def build_predict(kind, variant, height, width, device="cpu"):
     return predict
 
 
-def export_for_runtime(height, width, folder):
+def export_for_runtime(height, width, folder, int8=False):
     """The benchmark's EfficientPS (seeded weights) exported to ``folder`` with its input image
-    (image.npy) for benchmarks/runtime_worker.py; the test size is the input's size."""
+    (image.npy) for benchmarks/runtime_worker.py; the test size is the input's size. ``int8``:
+    with its int8 graphs, calibrated on two other random images of that size."""
+    import cv2
+
     from efficientps.export import export_metadata, export_onnx, write_metadata
+    from efficientps_runtime.quantize import quantize_int8
 
     cfg = efficientps_variant_cfg("user path")
     cfg.merge_from_list(["INPUT.MIN_SIZE_TEST", str(min(height, width)),
@@ -131,13 +154,22 @@ def export_for_runtime(height, width, folder):
     export_onnx(model, image, os.path.join(folder, "model.onnx"))
     write_metadata(export_metadata(cfg, model), folder)
     np.save(os.path.join(folder, "image.npy"), image)
+    if int8:
+        calibration = []
+        for seed in (1, 2):
+            path = os.path.join(folder, f"calibration{seed}.png")
+            rng = np.random.default_rng(seed)
+            cv2.imwrite(path, rng.integers(0, 256, (height, width, 3), np.uint8))
+            calibration.append(path)
+        quantize_int8(folder, calibration)
     return folder
 
 
-def runtime_predict(height, width, backend):
+def runtime_predict(height, width, backend, precision="fp32"):
     from efficientps_runtime import Session
 
-    session = Session(export_for_runtime(height, width, tempfile.mkdtemp()), backend=backend)
+    folder = export_for_runtime(height, width, tempfile.mkdtemp(), int8=precision == "int8")
+    session = Session(folder, backend=backend, precision=precision)
     order = session.metadata["input"]["channel_order"]
 
     def predict(inputs):
@@ -178,10 +210,12 @@ def check_worker(kind, variant, height, width, device="cpu"):
 
 
 def run_child(kind, variant, size, runs, mode="time", device="cpu"):
-    if variant in RUNTIME_BACKENDS and mode == "time":
+    if runtime_variant(variant) and mode == "time":
         # Exported in one process, timed in another that never imports torch.
+        backend, precision = runtime_variant(variant)
         with tempfile.TemporaryDirectory() as folder:
-            run_worker(__file__, ["--export", size, folder])
+            int8 = ["--int8"] if precision == "int8" else []
+            run_worker(__file__, ["--export", size, folder, *int8])
             runtime = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runtime_worker.py")
             return run_worker(
                 runtime,
@@ -193,7 +227,9 @@ def run_child(kind, variant, size, runs, mode="time", device="cpu"):
                     "--runs",
                     str(runs),
                     "--backend",
-                    variant,
+                    backend,
+                    "--precision",
+                    precision,
                 ],
             )
     arguments = ["--worker", kind, variant, size, "--runs", str(runs), "--device", device]
@@ -208,13 +244,15 @@ def main(argv=None):
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "VARIANT", "SIZE"))
     parser.add_argument("--check", action="store_true", help="worker: compare with plain")
     parser.add_argument("--export", nargs=2, metavar=("SIZE", "DIR"), help="worker: export")
+    parser.add_argument("--int8", action="store_true", help="--export: with int8 graphs")
     parser.add_argument(
         "--device", default="cpu", help="cpu or cuda (GPU: memory is CUDA's peak allocation)"
     )
     args = parser.parse_args(argv)
     if args.export:
         height, width = map(int, args.export[0].split("x"))
-        print(json.dumps({"folder": export_for_runtime(height, width, args.export[1])}))
+        folder = export_for_runtime(height, width, args.export[1], int8=args.int8)
+        print(json.dumps({"folder": folder}))
         return
     if args.worker:
         kind, variant, size = args.worker
@@ -231,10 +269,10 @@ def main(argv=None):
     rows = []
     for size in args.sizes:
         baseline = run_child("panoptic_fpn", "plain", size, args.runs, device=args.device)
-        results = [("Panoptic FPN R50", baseline, None)]
+        results = [("Panoptic FPN R50", "fp32", baseline, None)]
         if "user path, fp16" in variants:
             fp16 = run_child("panoptic_fpn", "user path, fp16", size, args.runs, device=args.device)
-            results.append(("Panoptic FPN R50 fp16", fp16, None))
+            results.append(("Panoptic FPN R50", "fp16 autocast", fp16, None))
         for variant in variants:
             timing = run_child("efficientps", variant, size, args.runs, device=args.device)
             check = None
@@ -242,8 +280,11 @@ def main(argv=None):
                 check = run_child(
                     "efficientps", variant, size, args.runs, mode="check", device=args.device
                 )
-            results.append((f"EfficientPS-b5 {variant}", timing, check))
-        for name, r, check in results:
+            name = variant.split(",")[0]
+            if runtime_variant(variant):
+                name = runtime_variant(variant)[0]
+            results.append((f"EfficientPS-b5 {name}", precision_of(variant), timing, check))
+        for name, precision, r, check in results:
             note = ""
             if check:
                 panoptic = (
@@ -253,14 +294,14 @@ def main(argv=None):
                 )
                 note = f"panoptic {panoptic}, logits max |diff| {check['sem_logit_diff']:.1e}"
             rows.append(
-                (size, name, f"{r['seconds']:.2f}", f"{r['seconds'] / baseline['seconds']:.2f}",
-                 f"{r['peak_rss_mb']:.0f}", f"{r['peak_rss_mb'] / baseline['peak_rss_mb']:.2f}",
-                 note)
+                (size, name, precision, f"{r['seconds']:.2f}",
+                 f"{r['seconds'] / baseline['seconds']:.2f}", f"{r['peak_rss_mb']:.0f}",
+                 f"{r['peak_rss_mb'] / baseline['peak_rss_mb']:.2f}", note)
             )  # fmt: skip
     print_table(
         f"End-to-end inference on {args.device}, batch 1, median of {args.runs} after a warm-up",
-        ("input", "model", "s/img", "x PFPN", "peak GPU MB" if on_gpu else "peak RSS MB", "x PFPN",
-         "check vs plain"),  # fmt: skip
+        ("input", "model", "precision", "s/img", "x PFPN",
+         "peak GPU MB" if on_gpu else "peak RSS MB", "x PFPN", "check vs plain"),  # fmt: skip
         rows,
     )
 

@@ -2,7 +2,7 @@
 """What reduced precision costs: PQ, mIoU and AP of the exported model in fp32, bf16 and int8.
 
     python benchmarks/precision.py [--run output/learning/runs/demo_config-seed1]
-                                   [--calibration-images 40] [--method minmax]
+                                   [--calibration-images 40]
 
 The model is the learning benchmark's (benchmarks/learning.py: the demo config trained on its
 Cityscapes-format set; trained first if the run is missing, about 10 minutes). It is exported
@@ -43,7 +43,7 @@ def trained_run(run_dir, iters=500):
     return run_dir
 
 
-def export(run_dir, folder, calibration, method, sample_image):
+def export(run_dir, folder, calibration, sample_image):
     """model.onnx + the int8 graphs of the run in ``folder`` (kept: not redone)."""
     if os.path.isfile(os.path.join(folder, "model_int8_openvino.onnx")):
         return folder
@@ -54,7 +54,6 @@ def export(run_dir, folder, calibration, method, sample_image):
     export_model.main(
         ["--config-file", os.path.join(run_dir, "config.yaml"), "--output", folder,
          "--sample-image", sample_image, "--quantize", "int8", *calibration_args,
-         "--calibration-method", method,
          "MODEL.WEIGHTS", os.path.join(run_dir, "model_final.pth")]
     )  # fmt: skip
     return folder
@@ -126,7 +125,6 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default=RUN, help="a learning-benchmark run (trained if missing)")
     parser.add_argument("--calibration-images", type=int, default=40)
-    parser.add_argument("--method", default="minmax", help="int8 calibration method")
     args = parser.parse_args(argv)
     datasets_root = os.environ["DETECTRON2_DATASETS"]
     from cityscapes_scenes import make_cityscapes_set
@@ -135,8 +133,8 @@ def main(argv=None):
     run_dir = trained_run(os.path.abspath(args.run))
     images = os.path.join(datasets_root, "cityscapes", "leftImg8bit")
     calibration = _images(os.path.join(images, "train"))[: args.calibration_images]
-    folder = export(run_dir, os.path.join(run_dir, f"export-{args.method}"), calibration,
-                    args.method, _images(os.path.join(images, "val"))[0])  # fmt: skip
+    folder = export(run_dir, os.path.join(run_dir, "export"), calibration,
+                    _images(os.path.join(images, "val"))[0])  # fmt: skip
 
     from detectron2.data import DatasetCatalog
 
@@ -170,7 +168,7 @@ def main(argv=None):
     print_table(
         f"Precision: the learning benchmark's demo model ({os.path.basename(run_dir)}), "
         f"{len(records)} val images at 128x256; int8 calibrated on {len(calibration)} train "
-        f"images ({args.method}); (difference to PyTorch fp32). {machine_line()}",
+        f"images (min/max); (difference to PyTorch fp32). {machine_line()}",
         ["backend", "precision"] + [m for m, _ in METRICS]
         + ["% pixels as PyTorch", "ms/img"],
         rows,

@@ -3,7 +3,7 @@
 torch (what a deployment runs): prints one JSON line for benchmarks/inference.py.
 
     python benchmarks/runtime_worker.py --model DIR --image image.npy [--runs 3] \
-        [--backend openvino]
+        [--backend openvino] [--precision bf16]
 """
 
 import argparse
@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from efficientps_runtime import Session
-from efficientps_runtime.session import BACKENDS
+from efficientps_runtime.session import BACKENDS, PRECISIONS
 
 
 def main(argv=None):
@@ -24,9 +24,10 @@ def main(argv=None):
     parser.add_argument("--image", required=True, help=".npy uint8 (H, W, 3) in the model's order")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     args = parser.parse_args(argv)
     image = np.load(args.image)
-    session = Session(args.model, backend=args.backend)
+    session = Session(args.model, backend=args.backend, precision=args.precision)
     order = session.metadata["input"]["channel_order"]
     session.predict(image, channel_order=order)  # warm-up
     times = []

@@ -34,8 +34,9 @@ def _add_backbone_config(cfg):
     cfg.MODEL.EFFICIENTNET.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     # Freeze the stem (1) and the first k-1 stages (k = 2..5, as ResNet's FREEZE_AT); 0 = none.
     cfg.MODEL.EFFICIENTNET.FREEZE_AT = 0
-    # Local file with ImageNet weights in efficientnet-pytorch's state-dict format ("" = random).
-    # Nothing is ever downloaded.
+    # Removed (must stay ""): ImageNet weights are converted once by
+    # tools/convert_imagenet_checkpoint.py and given as MODEL.WEIGHTS. Kept so that an old
+    # config that sets it gets that message instead of "non-existent config key".
     cfg.MODEL.EFFICIENTNET.WEIGHTS = ""
     # Drop-connect (stochastic depth) rate of the MBConv blocks; efficientnet-pytorch's default.
     cfg.MODEL.EFFICIENTNET.DROP_CONNECT_RATE = 0.2

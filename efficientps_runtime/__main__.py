@@ -35,7 +35,8 @@ def main(argv=None):
         "--precision",
         default="fp32",
         choices=PRECISIONS,
-        help="fp32 on every CPU (default); bf16: OpenVINO on CPUs with AVX512-BF16 or AMX",
+        help="fp32 on every CPU (default); bf16: OpenVINO on CPUs with AVX512-BF16 or AMX; "
+        "int8: the folder's int8 graph (tools/export_model.py --quantize int8)",
     )
     args = parser.parse_args(argv)
     try:

@@ -153,8 +153,9 @@ def test_weights_round_trip_reproduces_efficientnet_pytorch(tmp_path):
     cfg = backbone_cfg()
     cfg.MODEL.EFFICIENTNET.SE = True
     cfg.MODEL.EFFICIENTNET.ACTIVATION = "swish"
-    cfg.MODEL.EFFICIENTNET.WEIGHTS = str(path)
-    ours = build_backbone(cfg).bottom_up.eval()
+    ours = build_backbone(cfg).bottom_up
+    load_imagenet_weights(ours, str(path))
+    ours.eval()
     image = torch.rand(2, 3, 224, 224)
     with torch.no_grad():
         expected = reference.extract_features(image)

@@ -176,13 +176,10 @@ def test_files_that_are_not_efficientnets_or_need_pickles_are_refused(tmp_path, 
     assert code == 1 and "arbitrary code" in capsys.readouterr().err
 
 
-def test_deprecated_efficientnet_weights_key_still_loads_and_names_the_tool(tmp_path, caplog):
-    reference = randomise(ReferenceEfficientNet.from_name("efficientnet-b0"))
-    path = tmp_path / "b0.pth"
-    torch.save(reference.state_dict(), path)
+def test_removed_efficientnet_weights_key_fails_naming_the_tool(tmp_path):
+    """The build-time conversion is gone (it was the package's one import circle); an old
+    config that still sets the key fails at build, saying what to do instead."""
     cfg = backbone_cfg()
-    cfg.MODEL.EFFICIENTNET.WEIGHTS = str(path)
-    with caplog.at_level(logging.WARNING):
-        backbone = build_backbone(cfg)
-    assert "tools/convert_imagenet_checkpoint.py" in caplog.text
-    torch.testing.assert_close(backbone.bottom_up.stem.weight, reference._conv_stem.weight)
+    cfg.MODEL.EFFICIENTNET.WEIGHTS = str(tmp_path / "b0.pth")
+    with pytest.raises(ValueError, match="tools/convert_imagenet_checkpoint.py .* MODEL.WEIGHTS"):
+        build_backbone(cfg)

@@ -31,7 +31,7 @@ from efficientps.export import ExportError, export_metadata, export_onnx, write_
 from efficientps_runtime import Session  # noqa: E402
 from efficientps_runtime.agreement import matching_pixel_share  # noqa: E402
 from efficientps_runtime.inputs import expand_inputs  # noqa: E402
-from efficientps_runtime.quantize import CALIBRATION_METHODS, quantize_int8  # noqa: E402
+from efficientps_runtime.quantize import quantize_int8  # noqa: E402
 from efficientps_runtime.session import BACKENDS, graph_input  # noqa: E402
 
 
@@ -101,7 +101,6 @@ def main(argv=None):
         help="--quantize: images like those the model will see (file, glob or folder; "
         "repeatable)",
     )
-    parser.add_argument("--calibration-method", default="minmax", choices=CALIBRATION_METHODS)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs (MODEL.WEIGHTS)")
     args = parser.parse_args(argv)
     calibration = calibration_paths(args)
@@ -147,11 +146,9 @@ def calibration_paths(args):
 def quantize(args, paths, float_session, image):
     """model_int8.onnx calibrated on ``paths``, compared with the float32 graph on ``image``."""
     start = time.perf_counter()
-    quantize_int8(
-        args.output, paths, args.calibration_method, progress=lambda p: tqdm(p, "calibration")
-    )
+    quantize_int8(args.output, paths, progress=lambda p: tqdm(p, "calibration"))
     print(f"wrote the int8 graphs (one per backend) in {time.perf_counter() - start:.1f} s "
-          f"({len(paths)} calibration images, {args.calibration_method})")  # fmt: skip
+          f"({len(paths)} calibration images)")  # fmt: skip
     reference = float_session.predict_full(image, channel_order="BGR")
     int8 = Session(args.output, backend=args.backend, precision="int8")
     prediction = int8.predict_full(image, channel_order="BGR")

@@ -7,7 +7,6 @@ BatchNorm can be folded for inference, and no pad is computed at run time for st
 """
 
 import functools
-import logging
 from typing import Dict
 
 import torch
@@ -27,8 +26,6 @@ from ..layers import (
     check_layer_names,
     same_pad,
 )
-
-logger = logging.getLogger(__name__)
 
 EFFICIENTNET_NAMES = tuple(f"efficientnet-b{i}" for i in range(8))
 # EfficientNet's TF batch norm: eps 1e-3, decay 0.99 (= PyTorch momentum 0.01).
@@ -378,12 +375,12 @@ def build_efficientnet_backbone(cfg, input_shape=None):
         padding=efficientnet_cfg.PADDING,
     )
     if efficientnet_cfg.WEIGHTS:
-        from ...imagenet_weights import load_imagenet_weights
-
-        logger.warning(
-            "MODEL.EFFICIENTNET.WEIGHTS is deprecated: convert the file once with "
-            "tools/convert_imagenet_checkpoint.py and give the result as MODEL.WEIGHTS"
+        # The build-time conversion is gone (it made this module import the converter's, which
+        # imports this one); the key stays so that an old config fails here, saying what to do.
+        raise ValueError(
+            f"MODEL.EFFICIENTNET.WEIGHTS={efficientnet_cfg.WEIGHTS!r} was removed: convert the "
+            "ImageNet file once with tools/convert_imagenet_checkpoint.py and give the result "
+            "as MODEL.WEIGHTS (MODEL.EFFICIENTNET.WEIGHTS must be empty)"
         )
-        load_imagenet_weights(backbone, efficientnet_cfg.WEIGHTS, "MODEL.EFFICIENTNET.WEIGHTS")
     # Freeze after loading, so that FrozenBN takes the loaded statistics.
     return backbone.freeze(efficientnet_cfg.FREEZE_AT)
