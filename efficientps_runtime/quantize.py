@@ -143,9 +143,13 @@ def _minmax_ranges(model_path, feeds):
     for feed in feeds:
         values = dict(zip(names, session.run(names, feed)))
         for tensor, (low, high) in wanted.items():
-            if values[low].size == 0:  # no detection: the mask head saw nothing
+            low_value, high_value = values[low], values[high]
+            # No detection: the mask head's tensors are empty, their reductions +-inf.
+            if not (np.isfinite(low_value).all() and np.isfinite(high_value).all()):
                 continue
-            found = (float(values[low].min()), float(values[high].max()))
+            if low_value.size == 0:
+                continue
+            found = (float(low_value.min()), float(high_value.max()))
             known = ranges.get(tensor, found)
             ranges[tensor] = (min(known[0], found[0]), max(known[1], found[1]))
     missing = [tensor for tensor in wanted if tensor not in ranges]

@@ -31,6 +31,7 @@ from efficientps_runtime import (
     PrecisionError,
     Session,
 )
+from efficientps_runtime.quantize import CalibrationError, quantize_int8
 from efficientps_runtime.session import resize_logits, resized_shape
 
 from .helpers import (
@@ -176,6 +177,11 @@ def test_no_detection_is_zero_rows_on_every_backend(tmp_path):
             ids, segments = reference["panoptic_seg"]
             assert np.array_equal(prediction.panoptic, ids.numpy()), backend
             assert len(prediction.segments_info) == len(segments)
+    # int8 calibration on images without detections cannot range the mask head: refused.
+    blank_file = tmp_path / "blank.png"
+    cv2.imwrite(str(blank_file), np.zeros((64, 128, 3), np.uint8))
+    with pytest.raises(CalibrationError, match="never reached .* detects something"):
+        quantize_int8(model_dir, [str(blank_file)])
 
 
 @pytest.mark.parametrize(
