@@ -64,6 +64,7 @@ bench: install
 	$(PY) benchmarks/backbone.py
 	$(PY) benchmarks/model_flops.py
 	$(PY) benchmarks/inference.py
+	$(PY) benchmarks/runtime_profile.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/pq_eval.py
 	$(PY) benchmarks/pq_kernels.py
@@ -75,9 +76,11 @@ bench-gpu: install
 	$(PY) benchmarks/inference.py --device cuda --sizes 1024x2048 512x1024 --runs 5
 	$(PY) benchmarks/train_step.py --device cuda --size 1024x2048 --runs 5
 
-# The learning benchmark (README "Learning benchmark"): 3 seeds x about 12 minutes on 2 cores.
+# The learning benchmark (README "Learning benchmark"): 3 seeds x about 12 minutes on 2 cores;
+# then what bf16 and int8 cost on its seed-1 model (README "Deployment"; a few minutes).
 bench-learning: install
 	$(PY) benchmarks/learning.py --seeds 1 2 3
+	$(PY) benchmarks/precision.py
 
 lint: install
 	$(PY) -m ruff check .

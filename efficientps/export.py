@@ -272,15 +272,7 @@ def export_metadata(cfg, model):
         "stuff_channels": list(tables.stuff_channels),
         "thing_channels": list(tables.thing_channels),
         "classes": classes,
-        "fusion": {
-            "score_thresh": fusion.score_thresh,
-            "overlap_thresh": fusion.overlap_thresh,
-            "stuff_area": fusion.stuff_area,
-            "stuff_area_reference": list(fusion.stuff_area_reference),
-            "mask_logit_scale": fusion.mask_logit_scale,
-            "pixel_rule": fusion.pixel_rule,
-            "learned_weights": learned,
-        },
+        "fusion": fusion.params.to_metadata(learned),
     }
 
 

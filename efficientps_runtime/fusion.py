@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-PIXEL_RULES = ("argmax", "owner", "authors")
+from .fusion_params import FusionParams
 
 
 def _sigmoid(x):
@@ -125,51 +125,28 @@ class PanopticFusion:
 
     Args (the metadata's "fusion" and class tables):
         stuff_channels, thing_channels: semantic channel of each stuff / thing class.
-        score_thresh, overlap_thresh, stuff_area, stuff_area_reference, mask_logit_scale,
-        pixel_rule: as ``EfficientPSPanopticFusion``.
+        params: the fusion's settings (``FusionParams``, as the PyTorch model's).
         learned_weights: (things, 4) [w_a, b_a, w_b, b_b] of the learned fusion, or None.
     """
 
-    def __init__(
-        self,
-        *,
-        stuff_channels,
-        thing_channels,
-        score_thresh=0.5,
-        overlap_thresh=0.5,
-        stuff_area=2048,
-        stuff_area_reference=(1024, 2048),
-        mask_logit_scale=1.0,
-        pixel_rule="argmax",
-        learned_weights=None,
-    ):
-        if pixel_rule not in PIXEL_RULES:
-            raise ValueError(f"fusion pixel_rule={pixel_rule!r}; expected one of {PIXEL_RULES}")
+    def __init__(self, *, stuff_channels, thing_channels, params=None, learned_weights=None):
         self.stuff_channels = np.asarray(stuff_channels, np.int64)
         self.thing_channels = np.asarray(thing_channels, np.int64)
-        self.score_thresh = score_thresh
-        self.overlap_thresh = overlap_thresh
-        self.stuff_area = stuff_area
-        self.stuff_area_reference = tuple(stuff_area_reference)
-        self.mask_logit_scale = mask_logit_scale
-        self.pixel_rule = pixel_rule
+        self.params = params or FusionParams()
         self.learned_weights = (
             None if learned_weights is None else np.asarray(learned_weights, np.float32)
         )
 
     @classmethod
     def from_metadata(cls, metadata):
-        fusion = metadata["fusion"]
+        params, weights = FusionParams.from_metadata(
+            metadata["fusion"], len(metadata["thing_channels"])
+        )
         return cls(
             stuff_channels=metadata["stuff_channels"],
             thing_channels=metadata["thing_channels"],
-            score_thresh=fusion["score_thresh"],
-            overlap_thresh=fusion["overlap_thresh"],
-            stuff_area=fusion["stuff_area"],
-            stuff_area_reference=fusion["stuff_area_reference"],
-            mask_logit_scale=fusion["mask_logit_scale"],
-            pixel_rule=fusion["pixel_rule"],
-            learned_weights=fusion["learned_weights"],
+            params=params,
+            learned_weights=weights,
         )
 
     def __call__(self, sem_logits, boxes, scores, classes, mask_logits):
@@ -181,7 +158,8 @@ class PanopticFusion:
         sem_logits = np.asarray(sem_logits, np.float32)
         height, width = sem_logits.shape[1:]
         scores = np.asarray(scores, np.float32)
-        confident = np.nonzero(scores >= self.score_thresh)[0]
+        params = self.params
+        confident = np.nonzero(scores >= params.score_thresh)[0]
         boxes = np.asarray(boxes, np.float32)[confident]
         classes = np.asarray(classes, np.int64)[confident]
         scores = scores[confident]
@@ -189,17 +167,16 @@ class PanopticFusion:
         weights = None
         if self.learned_weights is not None:
             weights = self.learned_weights[classes]
-        ref_h, ref_w = self.stuff_area_reference
-        stuff_area = self.stuff_area * (height * width) / (ref_h * ref_w)
+        stuff_area = params.stuff_area_at(height, width)
 
         channels = self.thing_channels[classes]
         # The confident detections by score, highest first (stable: ties keep detection order).
         order = np.argsort(-scores, kind="stable")
         owner, kept = self._overlap_filter(masks, order, height, width)
-        fused = _FusedLogits(sem_logits, self.mask_logit_scale, weights)
-        if self.pixel_rule in ("argmax", "authors"):
+        fused = _FusedLogits(sem_logits, params.mask_logit_scale, weights)
+        if params.pixel_rule in ("argmax", "authors"):
             winner = self._argmax_winner(
-                fused, masks, boxes, channels, order, kept, self.pixel_rule == "authors"
+                fused, masks, boxes, channels, order, kept, params.pixel_rule == "authors"
             )
         else:
             winner = self._owner_winner(fused, masks, channels, order, owner)
@@ -227,7 +204,7 @@ class PanopticFusion:
                 continue
             region = owner[ys, xs]
             free = mask & (region < 0)
-            if area - int(free.sum()) > self.overlap_thresh * area:
+            if area - int(free.sum()) > self.params.overlap_thresh * area:
                 continue
             region[free] = i
             kept[i] = True

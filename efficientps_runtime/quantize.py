@@ -41,7 +41,9 @@ INT8_GRAPHS = {
 
 
 class CalibrationError(ValueError):
-    """Calibration images that cannot calibrate (none, unreadable): names the file."""
+    """Calibration images that cannot calibrate: none, or none on which the model detects
+    anything (the mask head then has no ranges). An unreadable image is the runtime's
+    UnreadableInputError, naming the file."""
 
 
 def quantize_int8(model_dir, calibration_paths, progress=None):
@@ -74,7 +76,8 @@ def quantize_int8(model_dir, calibration_paths, progress=None):
         # weight is split in four per level in the graph) and ONNX shape inference. Its
         # symbolic shape inference does not know detectron2's data-dependent shapes: skipped.
         quant_pre_process(model, prepared, skip_symbolic_shape=True)
-        images = _graph_inputs(paths, metadata["input"], progress or (lambda p: p))
+        name = model.graph.input[0].name
+        images = _graph_inputs(paths, name, metadata["input"], progress or (lambda p: p))
         ranges = os.path.join(scratch, "ranges.json")
         _save_ranges(_minmax_ranges(prepared, images), ranges)
         for backend, (name, quantize_outputs) in INT8_GRAPHS.items():
@@ -92,10 +95,11 @@ def quantize_int8(model_dir, calibration_paths, progress=None):
     return targets
 
 
-def _graph_inputs(paths, input_spec, progress):
-    """The calibration images as the runtime feeds them to the graph, one feed dict each."""
+def _graph_inputs(paths, name, input_spec, progress):
+    """The calibration images as the runtime feeds them to the graph (input ``name``), one
+    feed dict each."""
     for path in progress(paths):
-        yield {input_spec["name"]: graph_input(read_image(path), input_spec, "BGR")}
+        yield {name: graph_input(read_image(path), input_spec, "BGR")}
 
 
 def _minmax_ranges(model_path, feeds):

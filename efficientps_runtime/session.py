@@ -15,7 +15,8 @@ from typing import List
 import numpy as np
 from PIL import Image
 
-from .fusion import PIXEL_RULES, PanopticFusion
+from .fusion import PanopticFusion
+from .fusion_params import FusionParams, FusionSettingError
 
 METADATA_VERSION = 1
 METADATA_KEYS = ("input", "classes", "stuff_channels", "thing_channels", "fusion", "outputs")
@@ -127,21 +128,10 @@ def _check_precisions(precisions, path):
 
 
 def _check_fusion(fusion, num_things, path):
-    _expect(isinstance(fusion, dict), path, "fusion", "an object", fusion)
-    for key in ("score_thresh", "overlap_thresh", "stuff_area", "mask_logit_scale"):
-        _expect(_number(fusion.get(key)), path, f"fusion.{key}", "a number", fusion.get(key))
-    reference = fusion.get("stuff_area_reference")
-    ok = isinstance(reference, list) and len(reference) == 2 and all(map(_number, reference))
-    _expect(ok, path, "fusion.stuff_area_reference", "[height, width]", reference)
-    rule = fusion.get("pixel_rule")
-    _expect(rule in PIXEL_RULES, path, "fusion.pixel_rule", f"one of {PIXEL_RULES}", rule)
-    weights = fusion.get("learned_weights", "missing")
-    ok = weights is None or (
-        isinstance(weights, list)
-        and len(weights) == num_things
-        and all(isinstance(w, list) and len(w) == 4 and all(map(_number, w)) for w in weights)
-    )
-    _expect(ok, path, "fusion.learned_weights", f"null or {num_things} lists of 4 numbers", weights)
+    try:
+        FusionParams.from_metadata(fusion, num_things)
+    except FusionSettingError as error:
+        raise ModelFolderError(f"{path}: {error}") from error
 
 
 def resized_shape(height, width, min_size, max_size):

@@ -31,6 +31,7 @@ from efficientps_runtime import (
     PrecisionError,
     Session,
 )
+from efficientps_runtime.fusion_params import FusionParams
 from efficientps_runtime.quantize import CalibrationError, quantize_int8
 from efficientps_runtime.session import resize_logits, resized_shape
 
@@ -319,11 +320,10 @@ def test_numpy_fusion_equals_the_pytorch_fusion(pixel_rule, learned):
             weights = np.random.default_rng(seed).uniform(0.5, 1.5, (len(things), 4))
             weights = weights.astype(np.float32)
         settings = dict(score_thresh=0.5, overlap_thresh=0.5, mask_logit_scale=2.0)
-        fusion = PanopticFusion(
-            stuff_channels=stuff, thing_channels=things, stuff_area=30,
-            stuff_area_reference=(48, 80), pixel_rule=pixel_rule, learned_weights=weights,
-            **settings,
-        )  # fmt: skip
+        params = FusionParams(stuff_area=30, stuff_area_reference=(48, 80),
+                              pixel_rule=pixel_rule, **settings)  # fmt: skip
+        fusion = PanopticFusion(stuff_channels=stuff, thing_channels=things, params=params,
+                                learned_weights=weights)  # fmt: skip
         ids, segments = fusion(sem, boxes, scores, classes, masks)
         confident = scores >= 0.5
         t = {k: torch.as_tensor(v[confident]) for k, v in

@@ -1,5 +1,7 @@
 """The EfficientPS meta-architecture end to end, on the CPU with random weights."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -119,7 +121,7 @@ def test_learned_fusion_starts_as_the_paper_fusion():
     learned = build_model(cfg).eval()
     paper = build_model(small_cfg("paper")).eval()
     paper.load_state_dict(learned.state_dict(), strict=False)
-    paper.panoptic_fusion.score_thresh = 0.0
+    paper.panoptic_fusion.params = replace(paper.panoptic_fusion.params, score_thresh=0.0)
     paper.roi_heads.box_predictor.test_score_thresh = 0.0
     image = [{"image": torch.rand(3, 128, 160) * 255}]
     with torch.no_grad():

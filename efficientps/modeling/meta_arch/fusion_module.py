@@ -1,17 +1,21 @@
 """The panoptic fusion as one module: the paper's rule, its variants and the learned weights.
 
-EfficientPS builds it in ``from_config`` and calls it; every fusion option (thresholds, the
-mask-logit scale, the pixel rule, the learned affine maps) lives here and nowhere else. The
-arithmetic is ``panoptic_fusion.fuse_panoptic`` (pure functions, tested by value).
+EfficientPS builds it in ``from_config`` and calls it. Its settings are one ``FusionParams``
+(thresholds, stuff area, mask-logit scale, pixel rule: efficientps_runtime/fusion_params.py,
+which the exporter writes to metadata.json and the runtime reads), the learned affine maps are
+its parameters. The arithmetic is ``panoptic_fusion.fuse_panoptic`` (pure functions, tested by
+value).
 """
 
 from detectron2.config import configurable
 from torch import nn
 
+from efficientps_runtime.fusion_params import FusionParams
+
 from ...class_tables import PanopticClassTables
 from .learned_fusion import LearnedPanopticFusion
 from .mask_paste import BoxMaskLogits
-from .panoptic_fusion import checked_pixel_rule, fuse_panoptic
+from .panoptic_fusion import fuse_panoptic
 
 FUSIONS = ("paper", "learned")
 
@@ -29,12 +33,7 @@ class EfficientPSPanopticFusion(nn.Module):
         self,
         *,
         class_tables: PanopticClassTables,
-        score_thresh=0.5,
-        overlap_thresh=0.5,
-        stuff_area=2048,
-        stuff_area_reference=(1024, 2048),
-        mask_logit_scale=1.0,
-        pixel_rule="argmax",
+        params: FusionParams = None,
         learned=False,
         loss_weight=1.0,
         loss_scale=0.25,
@@ -43,24 +42,14 @@ class EfficientPSPanopticFusion(nn.Module):
         """
         Args:
             class_tables: semantic channels of the stuff and thing classes.
-            score_thresh, overlap_thresh: detections below ``score_thresh`` are not fused; an
-                instance more than ``overlap_thresh`` covered by better ones is dropped.
-            stuff_area, stuff_area_reference: the smallest stuff segment in pixels at the
-                reference (H, W), scaled with the output area.
-            mask_logit_scale: multiplies the mask logits before fusing (authors' code: 4).
-            pixel_rule: "argmax" (paper), "owner" or "authors" (see ``fuse_panoptic``).
+            params: the fusion's settings (``FusionParams``; None: the paper's).
             learned: add the trainable affine maps and their panoptic loss.
             loss_weight, loss_scale: the learned fusion's loss weight and the fraction of the
                 input size it is computed at. ignore_value: the semantic targets' ignore label.
         """
         super().__init__()
         self.class_tables = class_tables
-        self.score_thresh = score_thresh
-        self.overlap_thresh = overlap_thresh
-        self.stuff_area = stuff_area
-        self.stuff_area_reference = tuple(stuff_area_reference)
-        self.mask_logit_scale = mask_logit_scale
-        self.pixel_rule = checked_pixel_rule(pixel_rule, "MODEL.EFFICIENTPS.FUSION_PIXEL_RULE")
+        self.params = params or FusionParams()
         self.learned = (
             LearnedPanopticFusion(
                 class_tables.num_things,
@@ -81,12 +70,7 @@ class EfficientPSPanopticFusion(nn.Module):
             )
         return {
             "class_tables": class_tables or PanopticClassTables.from_config(cfg),
-            "score_thresh": efficientps_cfg.FUSION_SCORE_THRESH,
-            "overlap_thresh": efficientps_cfg.FUSION_OVERLAP_THRESH,
-            "stuff_area": efficientps_cfg.FUSION_STUFF_AREA,
-            "stuff_area_reference": efficientps_cfg.FUSION_STUFF_AREA_REFERENCE,
-            "mask_logit_scale": efficientps_cfg.FUSION_MASK_LOGIT_SCALE,
-            "pixel_rule": efficientps_cfg.FUSION_PIXEL_RULE,
+            "params": FusionParams.from_config(cfg),
             "learned": efficientps_cfg.FUSION == "learned",
             "loss_weight": efficientps_cfg.FUSION_LOSS_WEIGHT,
             "loss_scale": efficientps_cfg.FUSION_LOSS_SCALE,
@@ -106,11 +90,11 @@ class EfficientPSPanopticFusion(nn.Module):
         a thing segment's "instance_index" is its row in ``detections``.
         """
         height, width = sem_logits.shape[-2:]
-        confident = detections.scores >= self.score_thresh
+        params = self.params
+        confident = detections.scores >= params.score_thresh
         kept = detections[confident]
         # Pasted where the fusion reads them (each paste's window), never as (N, H, W) maps.
         mask_logits = BoxMaskLogits(kept.pred_mask_logits, kept.pred_boxes.tensor, height, width)
-        ref_h, ref_w = self.stuff_area_reference
         instance_weights = None
         if self.learned is not None:
             instance_weights = self.learned.instance_weights(kept.pred_classes)
@@ -122,12 +106,12 @@ class EfficientPSPanopticFusion(nn.Module):
             kept.scores,
             stuff_channels=self.class_tables.stuff_channels,
             thing_channels=self.class_tables.thing_channels,
-            score_thresh=self.score_thresh,
-            overlap_thresh=self.overlap_thresh,
-            stuff_area=self.stuff_area * (height * width) / (ref_h * ref_w),
-            mask_logit_scale=self.mask_logit_scale,
+            score_thresh=params.score_thresh,
+            overlap_thresh=params.overlap_thresh,
+            stuff_area=params.stuff_area_at(height, width),
+            mask_logit_scale=params.mask_logit_scale,
             instance_weights=instance_weights,
-            pixel_rule=self.pixel_rule,
+            pixel_rule=params.pixel_rule,
         )
         detection_index = confident.nonzero().flatten().tolist()
         for segment in segments:

@@ -7,6 +7,8 @@ explicit tables, never from a convention on ids.
 
 import torch
 
+from efficientps_runtime.fusion_params import PIXEL_RULES
+
 from ...channel_argmax import channel_argmax
 
 
@@ -60,9 +62,6 @@ class _DenseMaskLogits:
 def _mask_source(mask_logits):
     """``window``/``crop``/``at`` access to (N, H, W) tensors; BoxMaskLogits as it is."""
     return _DenseMaskLogits(mask_logits) if isinstance(mask_logits, torch.Tensor) else mask_logits
-
-
-PIXEL_RULES = ("argmax", "owner", "authors")
 
 
 def checked_pixel_rule(pixel_rule, name="pixel_rule"):
