@@ -51,10 +51,6 @@ def read_metadata(model_dir):
     return metadata
 
 
-def _number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _integer(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
