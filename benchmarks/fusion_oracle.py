@@ -16,7 +16,8 @@ that learns it):
                    filter and the argmax ties
   oracle filter    detections whose mask matches no ground-truth instance of their class
                    (IoU <= 0.5) dropped: every false-positive segment removed
-  oracle recall    every detection that matches (IoU > 0.5), also those under the threshold
+  oracle recall    every detection that matches (IoU > 0.5), also those under the threshold,
+                   and no other
                    (the box head runs with a score threshold of 0.05 instead of 0.5 for this;
                    the paper's fusion still fuses only detections scoring >= 0.5, so the other
                    rows are what the model gives)
