@@ -30,13 +30,10 @@ positives and missed (false negatives), summed over classes.
 import argparse
 import os
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUTPUT = os.path.join(REPO, "output", "learning")
-# detectron2 registers its Cityscapes splits under this root when it is first imported.
-os.environ["DETECTRON2_DATASETS"] = os.path.join(OUTPUT, "datasets")
+# First: importing precision sets DETECTRON2_DATASETS before detectron2 is imported.
+from precision import RUN, VAL, run_predictor, trained_run  # isort: skip
 
 from common import machine_line, print_table  # noqa: E402
-from precision import RUN, VAL, trained_run  # noqa: E402
 
 ROWS = ("paper", "oracle ranking", "oracle filter", "oracle recall", "oracle all")
 
@@ -89,10 +86,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default=RUN, help="a learning-benchmark run (trained if missing)")
     args = parser.parse_args(argv)
-    from cityscapes_scenes import make_cityscapes_set
-
-    make_cityscapes_set(os.path.join(os.environ["DETECTRON2_DATASETS"], "cityscapes"))
-    run_dir = trained_run(os.path.abspath(args.run))
+    run_dir = trained_run(args.run)
 
     import cv2
     import numpy as np
@@ -100,13 +94,9 @@ def main(argv=None):
     from detectron2.data import DatasetCatalog
     from tqdm import tqdm
 
-    from efficientps.demo import PanopticPredictor, setup_cfg
     from efficientps_pq import PQAccumulator, read_panoptic_png
 
-    cfg = setup_cfg(os.path.join(run_dir, "config.yaml"),
-                    ["MODEL.WEIGHTS", os.path.join(run_dir, "model_final.pth"),
-                     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.05"])  # fmt: skip
-    predictor = PanopticPredictor(cfg)
+    predictor = run_predictor(run_dir, ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.05"])
     fusion = predictor.model.panoptic_fusion
     tables = fusion.class_tables
     thing_channels = list(tables.thing_channels)

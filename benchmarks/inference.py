@@ -143,8 +143,9 @@ def export_for_runtime(height, width, folder, int8=False):
     with its int8 graphs, calibrated on two other random images of that size."""
     import cv2
 
-    from efficientps.export import export_metadata, export_onnx, write_metadata
+    from efficientps.export import export_metadata, export_onnx
     from efficientps_runtime.quantize import quantize_int8
+    from efficientps_runtime.session import write_metadata
 
     cfg = efficientps_variant_cfg("user path")
     cfg.merge_from_list(["INPUT.MIN_SIZE_TEST", str(min(height, width)),

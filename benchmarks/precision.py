@@ -34,13 +34,26 @@ ROWS = (("PyTorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
         ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"))  # fmt: skip
 
 
-def trained_run(run_dir, iters=500):
-    """The learning benchmark's run of the demo config (seed 1), trained if missing."""
+def trained_run(run, iters=500):
+    """The learning benchmark's run of the demo config (seed 1) at ``run``, with its dataset;
+    both made if missing. Returns the run's absolute path."""
+    from cityscapes_scenes import make_cityscapes_set
     from learning import train_and_evaluate
 
+    run_dir = os.path.abspath(run)
+    make_cityscapes_set(os.path.join(os.environ["DETECTRON2_DATASETS"], "cityscapes"))
     if not os.path.isfile(os.path.join(run_dir, "model_final.pth")):
-        train_and_evaluate(run_dir, os.path.join(OUTPUT, "datasets"), [], 1, iters)
+        train_and_evaluate(run_dir, os.environ["DETECTRON2_DATASETS"], [], 1, iters)
     return run_dir
+
+
+def run_predictor(run_dir, opts=()):
+    """The PyTorch predictor of a run's final weights (``opts``: further config overrides)."""
+    from efficientps.demo import PanopticPredictor, setup_cfg
+
+    weights = os.path.join(run_dir, "model_final.pth")
+    cfg = setup_cfg(os.path.join(run_dir, "config.yaml"), ["MODEL.WEIGHTS", weights, *opts])
+    return PanopticPredictor(cfg)
 
 
 def export(run_dir, folder, calibration, sample_image):
@@ -126,24 +139,17 @@ def main(argv=None):
     parser.add_argument("--run", default=RUN, help="a learning-benchmark run (trained if missing)")
     parser.add_argument("--calibration-images", type=int, default=40)
     args = parser.parse_args(argv)
-    datasets_root = os.environ["DETECTRON2_DATASETS"]
-    from cityscapes_scenes import make_cityscapes_set
-
-    make_cityscapes_set(os.path.join(datasets_root, "cityscapes"))
-    run_dir = trained_run(os.path.abspath(args.run))
-    images = os.path.join(datasets_root, "cityscapes", "leftImg8bit")
+    run_dir = trained_run(args.run)
+    images = os.path.join(os.environ["DETECTRON2_DATASETS"], "cityscapes", "leftImg8bit")
     calibration = _images(os.path.join(images, "train"))[: args.calibration_images]
     folder = export(run_dir, os.path.join(run_dir, "export"), calibration,
                     _images(os.path.join(images, "val"))[0])  # fmt: skip
 
     from detectron2.data import DatasetCatalog
 
-    from efficientps.demo import PanopticPredictor, setup_cfg
     from efficientps_runtime import PrecisionError, Session
 
-    cfg = setup_cfg(os.path.join(run_dir, "config.yaml"),
-                    ["MODEL.WEIGHTS", os.path.join(run_dir, "model_final.pth")])  # fmt: skip
-    predictor = PanopticPredictor(cfg)
+    predictor = run_predictor(run_dir)
     tables = predictor.model.class_tables
     records = DatasetCatalog.get(VAL)
     rows, reference, fp32 = [], None, None

@@ -18,8 +18,6 @@ padded to a multiple of 32 inside the graph, where every stride-2 conv sees an e
 """
 
 import copy
-import json
-import os
 import types
 import warnings
 
@@ -293,10 +291,3 @@ def _class_colour(metadata, channel, tables):
         stuff_colors = list(getattr(metadata, "stuff_colors", None) or [])
         colour = stuff_colors[channel] if channel < len(stuff_colors) else None
     return None if colour is None else [int(c) for c in colour]
-
-
-def write_metadata(metadata, directory):
-    path = os.path.join(directory, "metadata.json")
-    with open(path, "w") as f:
-        json.dump(metadata, f, indent=1)
-    return path

@@ -23,14 +23,13 @@ Needs the ``onnx`` package besides onnxruntime (onnxruntime's quantization tools
 quantized model needs only what the runtime needs.
 """
 
-import json
 import os
 import tempfile
 
 import numpy as np
 
 from .inputs import read_image
-from .session import ModelFolderError, graph_input, read_metadata
+from .session import ModelFolderError, graph_input, read_metadata, write_metadata
 
 QUANTIZED_OPS = ("Conv", "Gemm")
 # Per backend: its int8 graph's file, and whether the quantized layers' outputs get Q/DQ too.
@@ -91,7 +90,7 @@ def quantize_int8(model_dir, calibration_paths, progress=None):
         "weights": "int8, symmetric, per output channel",
         "activations": "uint8, asymmetric, per tensor",
     }
-    _write_metadata(metadata, model_dir)
+    write_metadata(metadata, model_dir)
     return targets
 
 
@@ -149,9 +148,8 @@ def _minmax_ranges(model_path, feeds):
         for tensor, (low, high) in wanted.items():
             low_value, high_value = values[low], values[high]
             # No detection: the mask head's tensors are empty, their reductions +-inf.
-            if not (np.isfinite(low_value).all() and np.isfinite(high_value).all()):
-                continue
-            if low_value.size == 0:
+            finite = np.isfinite(low_value).all() and np.isfinite(high_value).all()
+            if low_value.size == 0 or not finite:
                 continue
             found = (float(low_value.min()), float(high_value.max()))
             known = ranges.get(tensor, found)
@@ -241,9 +239,3 @@ def _own_initializers(model):
         kept.append(node)
     del model.graph.node[:]
     model.graph.node.extend(kept)
-
-
-def _write_metadata(metadata, model_dir):
-    path = os.path.join(model_dir, "metadata.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(metadata, f, indent=1)

@@ -51,6 +51,14 @@ def read_metadata(model_dir):
     return metadata
 
 
+def write_metadata(metadata, model_dir):
+    """metadata.json of an export folder (the exporter's and the int8 quantizer's writer)."""
+    path = os.path.join(model_dir, "metadata.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(metadata, f, indent=1)
+    return path
+
+
 def _integer(value):
     return isinstance(value, int) and not isinstance(value, bool)
 

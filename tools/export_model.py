@@ -27,12 +27,12 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from efficientps.demo import PanopticPredictor, setup_cfg  # noqa: E402
-from efficientps.export import ExportError, export_metadata, export_onnx, write_metadata  # noqa
+from efficientps.export import ExportError, export_metadata, export_onnx  # noqa: E402
 from efficientps_runtime import Session  # noqa: E402
 from efficientps_runtime.agreement import matching_pixel_share  # noqa: E402
 from efficientps_runtime.inputs import expand_inputs  # noqa: E402
 from efficientps_runtime.quantize import quantize_int8  # noqa: E402
-from efficientps_runtime.session import BACKENDS, graph_input  # noqa: E402
+from efficientps_runtime.session import BACKENDS, graph_input, write_metadata  # noqa: E402
 
 
 def sample_image(path, cfg):
