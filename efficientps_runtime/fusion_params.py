@@ -35,7 +35,7 @@ def _number(value):
 
 
 def _checked(key, value):
-    """``value`` if ``key`` may take it, else FusionSettingError."""
+    """FusionSettingError unless ``key`` may take ``value``."""
     if key == "stuff_area_reference":
         ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_number, value))
         expected = "[height, width]"
@@ -45,7 +45,6 @@ def _checked(key, value):
         ok, expected = _number(value), "a number"
     if not ok:
         raise FusionSettingError(key, value, expected)
-    return value
 
 
 @dataclass(frozen=True)
