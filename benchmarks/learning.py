@@ -3,6 +3,7 @@
 
     python benchmarks/learning.py [--seeds 1 2 3] [--iters 500] [--variant NAME KEY VALUE ...]
                                   [--checkout DIR] [--output output/learning]
+    python benchmarks/learning.py --fusion-table [--seeds 1 2 3]
 
 The set (benchmarks/cityscapes_scenes.py: 120 train / 30 val street scenes at 128x256, the 19
 Cityscapes classes, crowd groups, void regions) is made by cityscapesscripts' own tools from
@@ -16,6 +17,15 @@ the plain demo config is always the first row. ``--checkout DIR`` runs another c
 train_net.py and package instead (e.g. a ``git worktree`` of an older commit), for bisecting.
 Finished runs are kept under --output and not redone. About 10 minutes per run on 2 cores.
 Prints one table: median and range over the seeds of PQ, PQ_th, PQ_st, mIoU and AP.
+
+``--fusion-table`` prints issue 32's table instead: EfficientPS-B0 with the paper's fusion and
+with the learned fusion (MODEL.EFFICIENTPS.FUSION learned), and detectron2's own Panoptic FPN
+R50 (benchmarks/configs/panoptic_fpn_R_50_demo.yaml, trained from scratch on the same data,
+crops, batch and schedule), with seconds per iteration and parameters. The learned fusion's
+quality learns from detached inputs outside the gradient clip, so its network trains exactly
+as the paper fusion's: the paper row evaluates the learned run's weights with the paper's rule
+(an --eval-only run, not a second training), and the script checks, where a plain demo-config
+run of the seed exists, that its weights are the same to the bit.
 """
 
 import argparse
@@ -52,17 +62,22 @@ def dataset_opts(iters):
     ]  # fmt: skip
 
 
-def train_and_evaluate(run_dir, datasets_root, opts, seed, iters, checkout=REPO):
-    """One training + final evaluation; returns {metric: value} (cached in run_dir)."""
+def train_and_evaluate(
+    run_dir, datasets_root, opts, seed, iters, checkout=REPO, config=DEMO_CONFIG,
+    script="train_net.py", weights=None,
+):  # fmt: skip
+    """One training + final evaluation (or, with ``weights``, only the evaluation of those);
+    returns {metric: value} (cached in run_dir)."""
     results_path = os.path.join(
         run_dir, "inference", "cityscapes_fine_panoptic_val", "results.json"
     )
     if not os.path.isfile(results_path):
         env = dict(os.environ, DETECTRON2_DATASETS=datasets_root, PYTHONPATH=checkout)
+        mode = ["--resume"] if weights is None else ["--eval-only", "MODEL.WEIGHTS", weights]
         command = [
-            sys.executable, os.path.join(checkout, "train_net.py"),
-            "--config-file", os.path.join(checkout, DEMO_CONFIG), "--resume",
-            *dataset_opts(iters), "SEED", str(seed), "OUTPUT_DIR", run_dir, *opts,
+            sys.executable, os.path.join(checkout, script),
+            "--config-file", os.path.join(checkout, config), *mode[:1],
+            *dataset_opts(iters), "SEED", str(seed), "OUTPUT_DIR", run_dir, *mode[1:], *opts,
         ]  # fmt: skip
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "stdout.txt"), "w") as log:
@@ -70,6 +85,85 @@ def train_and_evaluate(run_dir, datasets_root, opts, seed, iters, checkout=REPO)
     with open(results_path) as f:
         results = json.load(f)
     return {name: results[group][key] for name, group, key in METRICS}
+
+
+PEER_CONFIG = os.path.join("benchmarks", "configs", "panoptic_fpn_R_50_demo.yaml")
+PEER_SCRIPT = os.path.join("benchmarks", "train_peer.py")
+LEARNED = ["MODEL.EFFICIENTPS.FUSION", "learned"]
+
+
+def seconds_per_iteration(run_dir):
+    """Median of detectron2's logged "time" (seconds per iteration) of a training run."""
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        times = [r["time"] for r in map(json.loads, f) if "time" in r]
+    return statistics.median(times)
+
+
+def trained_weights(run_dir):
+    import torch
+
+    return torch.load(os.path.join(run_dir, "model_final.pth"), weights_only=False)["model"]
+
+
+def parameter_count(run_dir):
+    """Trainable tensors of a run's final weights (BatchNorm statistics are not parameters)."""
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    state = trained_weights(run_dir)
+    return sum(v.numel() for k, v in state.items() if not k.endswith(buffers))
+
+
+def same_network(learned_run, paper_run):
+    """Whether two runs' weights agree to the bit, the learned fusion's own ones aside."""
+    import torch
+
+    learned, paper = trained_weights(learned_run), trained_weights(paper_run)
+    shared = {k: v for k, v in learned.items() if not k.startswith("panoptic_fusion.")}
+    return shared.keys() == paper.keys() and all(
+        torch.equal(v, paper[k]) for k, v in shared.items()
+    )
+
+
+def fusion_table(args, output, datasets_root):
+    """EfficientPS-B0 paper fusion / learned fusion / Panoptic FPN R50 over the seeds."""
+    runs = os.path.join(output, "runs")
+    rows = {"EfficientPS-B0, paper fusion": [], "EfficientPS-B0, learned fusion": [],
+            "Panoptic FPN R50 (detectron2)": []}  # fmt: skip
+    timing = {name: [] for name in rows}
+    for seed in args.seeds:
+        learned_dir = os.path.join(runs, f"learned_fusion-seed{seed}")
+        learned = train_and_evaluate(learned_dir, datasets_root, LEARNED, seed, args.iters)
+        paper = train_and_evaluate(
+            os.path.join(runs, f"paper_fusion_of_learned-seed{seed}"), datasets_root, [], seed,
+            args.iters, weights=os.path.join(learned_dir, "model_final.pth"),
+        )  # fmt: skip
+        plain_dir = os.path.join(runs, f"demo_config-seed{seed}")
+        if os.path.isfile(os.path.join(plain_dir, "model_final.pth")):
+            print(f"seed {seed}: network weights of the learned-fusion training equal the "
+                  f"paper-fusion training's: {same_network(learned_dir, plain_dir)}")  # fmt: skip
+        peer_dir = os.path.join(runs, f"panoptic_fpn_R50-seed{seed}")
+        peer = train_and_evaluate(
+            peer_dir, datasets_root, ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "12"], seed, args.iters,
+            config=PEER_CONFIG, script=PEER_SCRIPT,
+        )  # fmt: skip
+        for name, metrics, run in zip(rows, (paper, learned, peer),
+                                      (learned_dir, learned_dir, peer_dir)):  # fmt: skip
+            rows[name].append(metrics)
+            timing[name].append((seconds_per_iteration(run), parameter_count(run)))
+            print(f"{name}, seed {seed}: " + "  ".join(f"{k} {v:.1f}" for k, v in metrics.items()),
+                  flush=True)  # fmt: skip
+    table = []
+    for name, runs_of_row in rows.items():
+        seconds = statistics.median(t for t, _ in timing[name])
+        parameters = timing[name][0][1]
+        table.append([name] + [summary([r[m] for r in runs_of_row]) for m, _, _ in METRICS]
+                     + [f"{seconds:.2f}", f"{parameters / 1e6:.2f} M"])  # fmt: skip
+    print_table(
+        f"Learning benchmark, fusions and peer: {args.iters} iterations at batch 4, seeds "
+        f"{args.seeds}, 120 train / 30 val Cityscapes-format scenes at 128x256; median (range); "
+        f"s/it: median logged seconds per iteration. {machine_line()}",
+        ["run"] + [m for m, _, _ in METRICS] + ["s/it", "parameters"],
+        table,
+    )
 
 
 def summary(values):
@@ -89,6 +183,10 @@ def parse_args(argv=None):
         help="a further row: NAME then config overrides",
     )  # fmt: skip
     parser.add_argument("--skip-plain", action="store_true", help="only the --variant rows")
+    parser.add_argument(
+        "--fusion-table", action="store_true",
+        help="paper fusion, learned fusion and detectron2's Panoptic FPN R50 instead",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -97,6 +195,8 @@ def main(argv=None):
     output = os.path.abspath(args.output)
     datasets_root = os.path.join(output, "datasets")
     make_cityscapes_set(os.path.join(datasets_root, "cityscapes"))
+    if args.fusion_table:
+        return fusion_table(args, output, datasets_root)
     rows = [] if args.skip_plain else [(args.label, [])]
     rows += [(v[0], v[1:]) for v in args.variant]
     checkout = os.path.abspath(args.checkout)

@@ -111,10 +111,10 @@ def _add_head_config(cfg):
 
 def _add_model_config(cfg):
     cfg.MODEL.EFFICIENTPS = CN()
-    # Panoptic fusion: "paper" (Sec. 3.5, no parameters) or "learned" (trainable ML_A/ML_B
-    # weights trained with a panoptic cross entropy).
+    # Panoptic fusion: "paper" (Sec. 3.5, no parameters) or "learned" (the paper's, with a
+    # trained detection quality in place of the box score: modeling/meta_arch/learned_fusion.py).
     cfg.MODEL.EFFICIENTPS.FUSION = "paper"
-    # Instances kept for fusion need this confidence.
+    # Instances kept for fusion need this confidence (box score, or the learned quality).
     cfg.MODEL.EFFICIENTPS.FUSION_SCORE_THRESH = 0.5
     # An instance whose mask is more than this fraction covered by earlier instances is dropped.
     cfg.MODEL.EFFICIENTPS.FUSION_OVERLAP_THRESH = 0.5
@@ -130,10 +130,13 @@ def _add_model_config(cfg):
     # FL = 0 where the paste is 0, so the first instance takes pixels whose stuff logits are all
     # negative; ML_B read in their box window).
     cfg.MODEL.EFFICIENTPS.FUSION_PIXEL_RULE = "argmax"
-    # Loss weight of the learned fusion's panoptic cross entropy.
+    # The learned fusion ranks detections down to this box score: the detector runs at the lower
+    # of it and ROI_HEADS.SCORE_THRESH_TEST, and the model's "instances" output keeps
+    # SCORE_THRESH_TEST (so that AP is the paper fusion's).
+    cfg.MODEL.EFFICIENTPS.FUSION_CANDIDATE_THRESH = 0.05
+    # Loss weight of the learned fusion's detection quality (its inputs are detached: the
+    # weight scales its own learning rate only).
     cfg.MODEL.EFFICIENTPS.FUSION_LOSS_WEIGHT = 1.0
-    # The learned fusion's loss is computed at this fraction of the input size (memory).
-    cfg.MODEL.EFFICIENTPS.FUSION_LOSS_SCALE = 0.25
     # Semantic channels of the stuff classes and of thing index 0..T-1. Empty: read from the
     # metadata of the first dataset in DATASETS.TRAIN (or TEST).
     cfg.MODEL.EFFICIENTPS.STUFF_CHANNELS = []

@@ -28,11 +28,12 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.ops import nms
 
+from efficientps_runtime.session import METADATA_VERSION
+
 from .class_tables import channel_to_dataset_id
 from .modeling import fold_for_export
 from .modeling.meta_arch.efficientps import EfficientPS
 
-METADATA_VERSION = 1
 OPSET = 17  # ROIAlign with aligned=True (ROIAlignV2) needs 16
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("sem_logits", "boxes", "scores", "classes", "mask_logits")
@@ -249,9 +250,6 @@ def export_metadata(cfg, model):
             f"DATASETS.TEST: dataset {dataset!r} has no panoptic metadata for the model's "
             f"{tables.num_classes} classes ({type(error).__name__}: {error})"
         ) from error
-    learned = None
-    if fusion.learned is not None:
-        learned = fusion.learned.weights.detach().cpu().tolist()
     return {
         "format_version": METADATA_VERSION,
         "model": "model.onnx",
@@ -270,7 +268,7 @@ def export_metadata(cfg, model):
         "stuff_channels": list(tables.stuff_channels),
         "thing_channels": list(tables.thing_channels),
         "classes": classes,
-        "fusion": fusion.params.to_metadata(learned),
+        "fusion": fusion.to_metadata(),
     }
 
 

@@ -8,6 +8,8 @@ the exporter writes them to metadata.json (``to_metadata``) and the runtime read
 from dataclasses import asdict, dataclass
 from typing import Tuple
 
+from .detection_quality import NUM_FEATURES
+
 PIXEL_RULES = ("argmax", "owner", "authors")
 # The config key of each setting (MODEL.EFFICIENTPS.<key>).
 CONFIG_KEYS = {
@@ -86,30 +88,44 @@ class FusionParams:
             key = f"MODEL.EFFICIENTPS.{CONFIG_KEYS[error.key]}"
             raise FusionSettingError(key, error.value, error.expected, config=True) from error
 
-    def to_metadata(self, learned_weights=None):
-        """metadata.json's "fusion": the settings and the learned weights (None, or one list
-        [w_a, b_a, w_b, b_b] per thing class)."""
+    def to_metadata(self, quality=None):
+        """metadata.json's "fusion": the settings and the learned fusion's detection quality
+        (None, or {"feature_weights": 5 numbers, "class_bias": one number per thing class})."""
         fusion = asdict(self)
         fusion["stuff_area_reference"] = list(self.stuff_area_reference)
-        fusion["learned_weights"] = learned_weights
+        fusion["quality"] = quality
         return fusion
 
     @classmethod
     def from_metadata(cls, fusion, num_things):
-        """(FusionParams, learned weights or None) from metadata.json's "fusion"; every key
-        checked (FusionSettingError naming ``fusion.<key>``)."""
+        """(FusionParams, quality or None) from metadata.json's "fusion"; every key checked
+        (FusionSettingError naming ``fusion.<key>``)."""
         if not isinstance(fusion, dict):
             raise FusionSettingError("fusion", fusion, "an object")
-        weights = fusion.get("learned_weights", "missing")
-        ok = weights is None or (
-            isinstance(weights, list)
-            and len(weights) == num_things
-            and all(isinstance(w, list) and len(w) == 4 and all(map(_number, w)) for w in weights)
-        )
-        if not ok:
-            expected = f"null or {num_things} lists of 4 numbers"
-            raise FusionSettingError("fusion.learned_weights", weights, expected)
+        quality = fusion.get("quality", "missing")
+        if quality is not None:
+            _check_quality(quality, num_things)
         try:
-            return cls(**{key: fusion.get(key) for key in CONFIG_KEYS}), weights
+            return cls(**{key: fusion.get(key) for key in CONFIG_KEYS}), quality
         except FusionSettingError as error:
             raise FusionSettingError(f"fusion.{error.key}", error.value, error.expected) from error
+
+
+def _numbers(value, count):
+    return isinstance(value, list) and len(value) == count and all(map(_number, value))
+
+
+def _check_quality(quality, num_things):
+    """FusionSettingError unless ``quality`` is the learned quality's metadata."""
+    expected = (
+        f'null or {{"feature_weights": {NUM_FEATURES} numbers, '
+        f'"class_bias": {num_things} numbers}}'
+    )
+    ok = (
+        isinstance(quality, dict)
+        and set(quality) == {"feature_weights", "class_bias"}
+        and _numbers(quality["feature_weights"], NUM_FEATURES)
+        and _numbers(quality["class_bias"], num_things)
+    )
+    if not ok:
+        raise FusionSettingError("fusion.quality", quality, expected)

@@ -18,7 +18,8 @@ from PIL import Image
 from .fusion import PanopticFusion
 from .fusion_params import FusionParams, FusionSettingError
 
-METADATA_VERSION = 1
+# 2: the learned fusion's "quality" replaced "learned_weights" (re-export older folders).
+METADATA_VERSION = 2
 METADATA_KEYS = ("input", "classes", "stuff_channels", "thing_channels", "fusion", "outputs")
 
 

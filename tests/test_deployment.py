@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 import torch
 from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
 
+from efficientps.class_tables import PanopticClassTables
 from efficientps.data import synthetic
 from efficientps.demo import PanopticPredictor, setup_cfg
 from efficientps.export import ExportError, export_metadata, export_onnx
-from efficientps.modeling.meta_arch.mask_paste import BoxMaskLogits
-from efficientps.modeling.meta_arch.panoptic_fusion import fuse_panoptic
+from efficientps.modeling.meta_arch import EfficientPSPanopticFusion
 from efficientps_runtime import (
     InputImageError,
     ModelFolderError,
@@ -311,38 +312,41 @@ def random_fusion_inputs(seed, height=48, width=80, detections=6, channels=7, th
 
 @pytest.mark.parametrize("pixel_rule", ["argmax", "owner", "authors"])
 @pytest.mark.parametrize("learned", [False, True])
-def test_numpy_fusion_equals_the_pytorch_fusion(pixel_rule, learned):
+def test_runtime_fusion_equals_the_model_fusion_module(pixel_rule, learned):
+    """The model's fusion module (torch) and the runtime's (NumPy), built from the same
+    settings and learned numbers (through metadata.json's "fusion"), on the same detections."""
     stuff, things = (0, 1, 2, 3), (4, 5, 6)
+    params = FusionParams(score_thresh=0.5, overlap_thresh=0.5, mask_logit_scale=2.0, stuff_area=30,
+                          stuff_area_reference=(48, 80), pixel_rule=pixel_rule)  # fmt: skip
+    model_fusion = EfficientPSPanopticFusion(
+        class_tables=PanopticClassTables(stuff, things), params=params, learned=learned
+    )
+    if learned:  # a quality that is not the box score: every feature and class counts
+        with torch.no_grad():
+            model_fusion.quality.feature_weights.copy_(torch.tensor([0.8, 1.5, -2.0, 2.5, 0.3]))
+            model_fusion.quality.class_bias.copy_(torch.tensor([0.2, -0.4, 0.1]))
+    metadata = {"stuff_channels": list(stuff), "thing_channels": list(things),
+                "fusion": json.loads(json.dumps(model_fusion.to_metadata()))}  # fmt: skip
+    runtime_fusion = PanopticFusion.from_metadata(metadata)
     for seed in range(4):
         sem, boxes, scores, classes, masks = random_fusion_inputs(seed, things=things)
-        weights = None
-        if learned:
-            weights = np.random.default_rng(seed).uniform(0.5, 1.5, (len(things), 4))
-            weights = weights.astype(np.float32)
-        settings = dict(score_thresh=0.5, overlap_thresh=0.5, mask_logit_scale=2.0)
-        params = FusionParams(stuff_area=30, stuff_area_reference=(48, 80),
-                              pixel_rule=pixel_rule, **settings)  # fmt: skip
-        fusion = PanopticFusion(stuff_channels=stuff, thing_channels=things, params=params,
-                                learned_weights=weights)  # fmt: skip
-        ids, segments = fusion(sem, boxes, scores, classes, masks)
-        confident = scores >= 0.5
-        t = {k: torch.as_tensor(v[confident]) for k, v in
-             dict(boxes=boxes, scores=scores, classes=classes, masks=masks).items()}  # fmt: skip
-        instance_weights = None if weights is None else torch.as_tensor(weights)[t["classes"]]
-        expected_ids, expected = fuse_panoptic(
-            torch.as_tensor(sem), BoxMaskLogits(t["masks"], t["boxes"], 48, 80), t["boxes"],
-            t["classes"], t["scores"], stuff_channels=stuff, thing_channels=things,
-            stuff_area=30, instance_weights=instance_weights, pixel_rule=pixel_rule, **settings,
-        )  # fmt: skip
+        ids, segments = runtime_fusion(sem, boxes, scores, classes, masks)
+        detections = Instances((48, 80), pred_boxes=Boxes(torch.as_tensor(boxes)),
+                               scores=torch.as_tensor(scores),
+                               pred_classes=torch.as_tensor(classes),
+                               pred_mask_logits=torch.as_tensor(masks)[:, None])  # fmt: skip
+        with torch.no_grad():
+            expected_ids, expected = model_fusion(torch.as_tensor(sem), detections)
         assert np.array_equal(ids, expected_ids.numpy())
-        rows = np.nonzero(confident)[0]
-        for s in expected:
-            if s["isthing"]:
-                s["instance_index"] = int(rows[s["instance_index"]])
-        assert [{k: v for k, v in s.items() if k != "score"} for s in segments] == [
-            {k: v for k, v in s.items() if k != "score"} for s in expected
-        ]
+        without_score = [[{k: v for k, v in s.items() if k != "score"} for s in segs]
+                         for segs in (segments, expected)]  # fmt: skip
+        assert without_score[0] == without_score[1]
+        scores_of = [[s["score"] for s in segs if s["isthing"]] for segs in (segments, expected)]
+        assert scores_of[0] == pytest.approx(scores_of[1], abs=1e-6)
         assert any(s["isthing"] for s in segments)
+        if learned:  # the learned quality, not the box score, ranked them
+            kept = [s["instance_index"] for s in segments if s["isthing"]]
+            assert scores_of[0] != pytest.approx(scores[kept].tolist(), abs=1e-3)
 
 
 def test_resize_helpers_match_detectron2():

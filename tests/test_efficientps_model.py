@@ -10,6 +10,7 @@ from detectron2.utils.events import EventStorage
 
 from efficientps import add_efficientps_config
 from efficientps.class_tables import PanopticClassTables
+from efficientps.engine.optimizer import build_optimizer
 from efficientps.modeling.meta_arch import EfficientPS
 
 from .helpers import (
@@ -96,21 +97,33 @@ def test_training_step_with_and_without_instances():
         assert p.grad is not None, name
 
 
-def test_learned_fusion_trains_and_the_paper_fusion_has_no_parameters():
-    paper = build_model(small_cfg("paper"))
+def test_learned_fusion_trains_its_quality_and_leaves_the_network_as_the_paper_fusion():
+    paper_cfg, learned_cfg = small_cfg("paper"), small_cfg("learned")
+    models = []
+    for cfg in (paper_cfg, learned_cfg):
+        torch.manual_seed(0)
+        models.append(build_model(cfg).train())
+    paper, learned = models
     assert not paper.panoptic_fusion.trainable
     assert not any("fusion" in name for name, _ in paper.named_parameters())
-
-    torch.manual_seed(0)
-    learned = build_model(small_cfg("learned")).train()
-    with EventStorage():
-        losses = learned([training_sample(192, 256)])
-        sum(losses.values()).backward()
-    assert "loss_panoptic" in losses and torch.isfinite(losses["loss_panoptic"])
-    grad = learned.panoptic_fusion.learned.weights.grad
-    assert grad is not None
-    assert grad[[0, 5]].abs().sum() > 0  # the two classes present
-    assert grad[[1, 2, 3, 4, 6, 7]].abs().sum() == 0
+    sample = training_sample(192, 256)
+    for model, cfg in ((paper, paper_cfg), (learned, learned_cfg)):
+        optimizer = build_optimizer(cfg, model)  # the paper's global-norm clip at 35
+        torch.manual_seed(1)
+        for _ in range(2):
+            with EventStorage():
+                losses = model([sample])
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+    assert "loss_fusion_quality" in losses and losses["loss_fusion_quality"] > 0
+    quality = learned.panoptic_fusion.quality
+    assert quality.feature_weights.grad.abs().sum() > 0
+    # Its inputs are detached and it is outside the clip: the network is the paper fusion's.
+    paper_state = paper.state_dict()
+    for name, value in learned.state_dict().items():
+        if not name.startswith("panoptic_fusion."):
+            assert torch.equal(value, paper_state[name]), name
 
 
 def test_learned_fusion_starts_as_the_paper_fusion():
@@ -126,7 +139,12 @@ def test_learned_fusion_starts_as_the_paper_fusion():
     image = [{"image": torch.rand(3, 128, 160) * 255}]
     with torch.no_grad():
         a, b = learned(image)[0]["panoptic_seg"], paper(image)[0]["panoptic_seg"]
-    assert torch.equal(a[0], b[0]) and a[1] == b[1]
+    # The quality starts as sigmoid(logit(box score)): the same ranking and segments.
+    assert torch.equal(a[0], b[0])
+    assert [{k: v for k, v in s.items() if k != "score"} for s in a[1]] == [
+        {k: v for k, v in s.items() if k != "score"} for s in b[1]
+    ]
+    assert [s.get("score") for s in a[1]] == pytest.approx([s.get("score") for s in b[1]])
 
 
 def test_class_table_mismatch_fails_clearly():
@@ -141,3 +159,20 @@ def test_class_table_mismatch_fails_clearly():
     cfg.DATASETS.TEST = ()
     with pytest.raises(ValueError, match="STUFF_CHANNELS"):
         build_model(cfg)
+
+
+def test_learned_fusion_sees_candidates_below_the_detector_threshold_but_reports_its_own():
+    torch.manual_seed(0)
+    cfg = small_cfg("learned")  # SCORE_THRESH_TEST 0.5, candidates from 0.05
+    cfg.MODEL.EFFICIENTPS.FUSION_MASK_LOGIT_SCALE = 1000.0  # random masks outvote random stuff
+    model = build_model(cfg).eval()
+    assert model.roi_heads.box_predictor.test_score_thresh == 0.05
+    with torch.no_grad():
+        model.panoptic_fusion.quality.class_bias.fill_(10.0)  # every candidate deserves a segment
+        output = model([{"image": torch.rand(3, 128, 160) * 255}])[0]
+    # Random weights: box scores about 1/9, all under 0.5, so no instance is reported...
+    assert len(output["instances"]) == 0
+    things = [s for s in output["panoptic_seg"][1] if s["isthing"]]
+    # ...but the learned quality fused some, and says they are not rows of "instances".
+    assert things and all(s["instance_index"] is None for s in things)
+    assert all(s["score"] > 0.99 for s in things)

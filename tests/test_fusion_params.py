@@ -32,8 +32,9 @@ def test_settings_travel_from_config_through_metadata_to_the_runtime(tmp_path):
     check_metadata(metadata)
     runtime = PanopticFusion.from_metadata(metadata)
     assert runtime.params == expected
-    weights = model.panoptic_fusion.learned.weights.detach().tolist()
-    assert runtime.learned_weights.tolist() == weights
+    quality = model.panoptic_fusion.quality
+    assert runtime.quality_weights[0].tolist() == quality.feature_weights.detach().tolist()
+    assert runtime.quality_weights[1].tolist() == quality.class_bias.detach().tolist()
     assert expected.stuff_area_at(128, 256) == 400
     metadata["fusion"]["overlap_thresh"] = True
     with pytest.raises(ModelFolderError, match="m.json: fusion.overlap_thresh is True"):
@@ -48,7 +49,12 @@ def test_bad_settings_name_the_config_key_or_the_metadata_key():
     for key, value, message in (
         ("stuff_area_reference", [1], r"fusion.stuff_area_reference is \[1\]; expected \[h"),
         ("score_thresh", "0.5", "fusion.score_thresh is '0.5'; expected a number"),
-        ("learned_weights", [[1, 0, 1]], "fusion.learned_weights .* 2 lists of 4 numbers"),
+        (
+            "quality",
+            {"feature_weights": [1, 0, 0, 0, 0], "class_bias": [0]},
+            r'fusion.quality .* "class_bias": 2 numbers',
+        ),
+        ("quality", [1, 0, 0, 0, 0], r'fusion.quality .*"feature_weights": 5 numbers'),
         ("pixel_rule", None, "fusion.pixel_rule is None"),
     ):
         with pytest.raises(FusionSettingError, match=message):

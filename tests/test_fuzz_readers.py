@@ -167,14 +167,15 @@ def test_label_pngs(tmp_path, converter):
 
 def test_runtime_metadata(tmp_path):
     metadata = {
-        "format_version": 1, "model": "model.onnx",
+        "format_version": 2, "model": "model.onnx",
         "input": {"channel_order": "BGR", "min_size_test": 64, "max_size_test": 128},
         "classes": [{"channel": 0, "dataset_id": 7, "name": "road", "isthing": False},
                     {"channel": 1, "dataset_id": 26, "name": "car", "isthing": True}],
         "stuff_channels": [0], "thing_channels": [1], "outputs": ["sem_logits"],
         "fusion": {"score_thresh": 0.5, "overlap_thresh": 0.5, "stuff_area": 2048,
                    "stuff_area_reference": [1024, 2048], "mask_logit_scale": 1.0,
-                   "pixel_rule": "argmax", "learned_weights": [[1.0, 0.0, 1.0, 0.0]]},
+                   "pixel_rule": "argmax",
+                   "quality": {"feature_weights": [1.0, 0.0, 0.0, 0.0, 0.0], "class_bias": [0.0]}},
     }  # fmt: skip
     valid = tmp_path / "valid"
     valid.mkdir()

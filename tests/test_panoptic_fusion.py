@@ -1,15 +1,22 @@
 """The paper's panoptic fusion on hand-built tensors, and the vectorised mask-logit pasting."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
+from detectron2.structures import BitMasks, Boxes, Instances
 from torch.nn import functional as F
 
+from efficientps.class_tables import PanopticClassTables
 from efficientps.modeling.meta_arch import (
     BoxMaskLogits,
+    EfficientPSPanopticFusion,
     fuse_panoptic,
     fused_instance_logits,
     paste_mask_logits,
 )
+from efficientps_runtime.fusion_params import FusionParams
 
 H, W = 8, 10
 # Three classes: channel 0 "road" (stuff), channel 1 "sky" (stuff), channel 2 "car" (thing 0).
@@ -302,7 +309,7 @@ def test_authors_rule_gives_fl_zero_outside_the_paste():
 
 
 def test_authors_ml_b_window_by_hand():
-    from efficientps.modeling.meta_arch.panoptic_fusion import _authors_box_slices, _box_slices
+    from efficientps_runtime.fusion_core import _authors_box_slices, _box_slices
 
     box = torch.tensor([10.3, 5.0, 20.0, 15.6]).tolist()  # float32 values, as read from boxes
     # Theirs, inclusive box (10.3, 5.0, 19.0, 14.6): x from int(11.3) = 11 to round(18.0) = 18,
@@ -335,60 +342,89 @@ def test_the_paste_margin_beyond_the_box_competes():
     assert not segment_of(panoptic, segments, 4, 8)["isthing"]
 
 
-def test_learned_fusion_weights_enter_as_affine_maps_of_ml_a_and_ml_b():
+def _quality_inputs():
+    """One detection on a 10x20 image: box (0, 0, 20, 10), score 0.8, mask logits 2 on the
+    left half of the 28 columns and -1 elsewhere; the semantic argmax is the detection's
+    channel 1 on the left quarter of the image (x < 5) and 0 elsewhere."""
+    sem_argmax = np.zeros((10, 20), np.int64)
+    sem_argmax[:, :5] = 1
+    boxes = np.array([[0.0, 0.0, 20.0, 10.0]], np.float32)
+    masks = np.full((1, 28, 28), -1.0, np.float32)
+    masks[:, :, :14] = 2.0
+    return sem_argmax, boxes, np.array([0.8], np.float32), np.array([1]), masks
+
+
+def test_quality_features_by_hand_in_numpy_and_torch():
+    from efficientps.modeling.meta_arch.torch_ops import TorchOps
+    from efficientps_runtime.array_ops import NUMPY
+    from efficientps_runtime.detection_quality import quality_features
+
+    inputs = _quality_inputs()
+    features = quality_features(NUMPY, *inputs)
+    # logit(0.8); sigmoid(2) in the mask; half the cells; cell centres x = (j + 0.5) * 20/28:
+    # the mask's columns j < 14 reach x < 10, of which x < 5 (j <= 6: 7 of 14) agree;
+    # 0.5 * log(200 / 200) = 0.
+    expected = [math.log(4.0), 1 / (1 + math.exp(-2.0)), 0.5, 0.5, 0.0]
+    assert features.shape == (1, 5)
+    assert features[0].tolist() == pytest.approx(expected, abs=1e-6)
+    tensors = [torch.as_tensor(a) for a in inputs]
+    in_torch = quality_features(TorchOps("cpu"), *tensors).numpy()
+    assert in_torch[0].tolist() == pytest.approx(features[0].tolist(), abs=1e-6)
+
+
+def test_learned_quality_starts_as_the_box_score_and_replaces_it_in_the_fusion():
+    from efficientps.modeling.meta_arch.learned_fusion import LearnedDetectionQuality
+
+    quality = LearnedDetectionQuality(num_things=2)
+    sem_argmax, boxes, scores, channels, masks = _quality_inputs()
+    detections = Instances((10, 20), pred_boxes=Boxes(torch.as_tensor(boxes)),
+                           scores=torch.as_tensor(scores), pred_classes=torch.tensor([0]),
+                           pred_mask_logits=torch.as_tensor(masks)[:, None])  # fmt: skip
+    features = quality.features(torch.as_tensor(sem_argmax), detections, torch.tensor([1]))
+    assert quality(features, detections.pred_classes).item() == pytest.approx(0.8, abs=1e-6)
+    # Weights on agreement: the same detection below and above the fusion's threshold.
     box = (2, 2, 6, 6)
-    sem = semantic(car_box=box, car_logit=1.0)  # stuff at (3, 3): road 2.0
-    # Identity weights: FL = (sigmoid(1) + sigmoid(1)) * 2 = 2.92 > 2 -> car.
-    _, segments = fuse(sem, [instance(box, logit=1.0)], [box], [0.9])
-    assert any(s["isthing"] for s in segments)
-    # w_a = 0.5, b_a = 0, w_b = 1, b_b = -1: ML_A 0.5, ML_B 0 -> FL = (0.6225 + 0.5) * 0.5
-    # = 0.56 < 2 -> road.
-    weights = torch.tensor([[0.5, 0.0, 1.0, -1.0]])
-    panoptic, segments = fuse(
-        sem, [instance(box, logit=1.0)], [box], [0.9], instance_weights=weights
+    sem = semantic(car_box=box)
+    mask = torch.full((1, 1, 28, 28), 4.0)
+    weak = Instances((H, W), pred_boxes=Boxes(torch.tensor([box], dtype=torch.float32)),
+                     scores=torch.tensor([0.3]), pred_classes=torch.tensor([0]),
+                     pred_mask_logits=mask)  # fmt: skip
+    fusion = EfficientPSPanopticFusion(
+        class_tables=PanopticClassTables(tuple(STUFF), tuple(THINGS)),
+        params=FusionParams(stuff_area=0),
+        learned=True,
     )
-    assert not any(s["isthing"] for s in segments)
-    assert segment_of(panoptic, segments, 3, 3)["category_id"] == 0
-    # w_a = 3, b_a = 1: ML_A 4, ML_B 1 -> FL = (0.982 + 0.731) * 5 = 8.6 -> car, 16 px.
-    weights = torch.tensor([[3.0, 1.0, 1.0, 0.0]])
-    _, segments = fuse(sem, [instance(box, logit=1.0)], [box], [0.9], instance_weights=weights)
-    assert [s["area"] for s in segments if s["isthing"]] == [16]
+    with torch.no_grad():
+        assert not any(s["isthing"] for s in fusion(sem, weak)[1])  # q = 0.3 < 0.5
+        fusion.quality.feature_weights.copy_(torch.tensor([1.0, 0.0, 0.0, 3.0, 0.0]))
+        segments = fusion(sem, weak)[1]  # the car channel agrees everywhere: q = 0.93
+    [car] = [s for s in segments if s["isthing"]]
+    assert car["score"] == pytest.approx(1 / (1 + math.exp(-(math.log(0.3 / 0.7) + 3))), 1e-5)
 
 
-def test_learned_fusion_loss_on_a_hand_built_image():
-    import math
+def test_learned_quality_loss_labels_true_positives_by_mask_iou():
+    from efficientps.modeling.meta_arch.learned_fusion import LearnedDetectionQuality
 
-    from detectron2.structures import BitMasks, Boxes, Instances
-
-    from efficientps.modeling.meta_arch.learned_fusion import LearnedPanopticFusion
-
-    # 4x4 image, stuff channel 0 and thing channel 1; one instance whose box is the whole image
-    # (a constant 28x28 map pastes to exactly c there) and whose ground-truth mask is the left
-    # half. Identity weights: FL = (sigmoid(c) + sigmoid(t)) * (c + t) at every pixel.
-    c, t, s = 1.0, 0.0, 0.5
-    sem_logits = torch.stack([torch.full((4, 4), s), torch.full((4, 4), t)])[None]
-    mask_logits = [torch.full((1, 28, 28), c)]
-    instances = Instances((4, 4))
-    instances.gt_boxes = Boxes(torch.tensor([[0.0, 0.0, 4.0, 4.0]]))
-    instances.gt_classes = torch.tensor([0])
-    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
-    mask[0, :, :2] = True
-    instances.gt_masks = BitMasks(mask)
-    sem_seg = torch.where(mask[0], 1, 0)
-    fusion = LearnedPanopticFusion(1, loss_weight=1.0, loss_scale=1.0, ignore_value=255)
-    kw = {"stuff_channels": [0], "thing_channels": [1]}
-    loss = fusion.loss(
-        sem_logits, mask_logits, [{"sem_seg": sem_seg, "instances": instances}], **kw
-    )
-    fl = (1 / (1 + math.exp(-c)) + 1 / (1 + math.exp(-t))) * (c + t)  # 1.2311
-    # Left half: target the instance (logits [s, FL]); right half: target stuff.
-    expected = (math.log(1 + math.exp(s - fl)) + math.log(1 + math.exp(fl - s))) / 2
-    assert loss["loss_panoptic"].item() == pytest.approx(expected, rel=1e-5)
-
-    ignored = {"sem_seg": torch.full((4, 4), 255), "instances": instances[:0]}
-    empty = fusion.loss(sem_logits, [mask_logits[0][:0]], [ignored], **kw)["loss_panoptic"]
-    assert empty.item() == 0.0  # all pixels ignored: 0, not NaN
-    diverged = fusion.loss(
-        sem_logits * float("nan"), mask_logits, [{"sem_seg": sem_seg, "instances": instances}], **kw
-    )["loss_panoptic"]
-    assert torch.isnan(diverged)  # reaches the trainer's non-finite-loss stop
+    quality = LearnedDetectionQuality(num_things=2)
+    # Ground truth: one thing of class 0 filling x < 8 of a 8x16 image.
+    gt_mask = torch.zeros(1, 8, 16, dtype=torch.bool)
+    gt_mask[0, :, :8] = True
+    gt = Instances((8, 16), gt_classes=torch.tensor([0]), gt_masks=BitMasks(gt_mask))
+    # Three detections with the same constant mask (logit 3) in boxes: the object (class 0,
+    # IoU 1: a true positive), the object as class 1 (wrong class), the right half (IoU 0).
+    boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0], [0.0, 0.0, 8.0, 8.0], [8.0, 0.0, 16.0, 8.0]])
+    detections = Instances((8, 16), pred_boxes=Boxes(boxes), scores=torch.tensor([0.9, 0.6, 0.7]),
+                           pred_classes=torch.tensor([0, 1, 0]),
+                           pred_mask_logits=torch.full((3, 1, 28, 28), 3.0))  # fmt: skip
+    sem_logits = torch.zeros(1, 3, 8, 16)
+    loss = quality.loss(sem_logits, [detections], [(8, 16)], [gt], torch.tensor([1, 2]))
+    # At the start q is the box score: BCE of (0.9, 0.6, 0.7) against (1, 0, 0), positives x2.
+    expected = -(2 * math.log(0.9) + math.log(0.4) + math.log(0.3)) / 3
+    assert loss["loss_fusion_quality"].item() == pytest.approx(expected, rel=1e-4)
+    loss["loss_fusion_quality"].backward()
+    # d BCE / d logit = q - label (x2 for positives), averaged: class 0 (2 (0.9 - 1) + 0.7) / 3,
+    # class 1 0.6 / 3.
+    assert quality.class_bias.grad.tolist() == pytest.approx([0.5 / 3, 0.2], abs=1e-5)
+    assert quality.feature_weights.grad.abs().sum() > 0
+    empty = quality.loss(sem_logits, [detections[:0]], [(8, 16)], [gt], torch.tensor([1, 2]))
+    assert empty["loss_fusion_quality"].item() == 0.0  # no detection: 0, not NaN

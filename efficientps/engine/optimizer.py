@@ -6,7 +6,9 @@ in ~500 tensors. EfficientPS (paper and the authors' code) clips the norm of all
 taken together. CLIP_TYPE "full_model" does that here, inside the optimizer's ``step`` (where
 detectron2 does its own clipping), so that every trainer built on ``build_optimizer`` gets it;
 after DDP's all-reduce every process sees the same norm, and AMP's GradScaler unscales the
-gradients before it calls ``step``.
+gradients before it calls ``step``. Modules whose gradients come from detached inputs only
+(``detached_inputs = True``: the learned fusion's quality) are not the network and stay out
+of its norm, so that adding them changes nothing of the network's training.
 """
 
 import itertools
@@ -17,12 +19,15 @@ from detectron2.solver import build_optimizer as detectron2_build_optimizer
 FULL_MODEL = "full_model"
 
 
-def full_model_clipping(optimizer_class, max_norm, norm_type=2.0):
-    """A subclass of ``optimizer_class`` whose step first clips the global gradient norm."""
+def full_model_clipping(optimizer_class, max_norm, norm_type=2.0, unclipped=()):
+    """A subclass of ``optimizer_class`` whose step first clips the global gradient norm of all
+    parameters but ``unclipped``."""
+    unclipped_ids = {id(p) for p in unclipped}
 
     class FullModelGradientClipping(optimizer_class):
         def step(self, closure=None):
             parameters = itertools.chain.from_iterable(g["params"] for g in self.param_groups)
+            parameters = [p for p in parameters if id(p) not in unclipped_ids]
             torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type=norm_type)
             return super().step(closure=closure)
 
@@ -39,7 +44,10 @@ def build_optimizer(cfg, model):
     plain.defrost()
     plain.SOLVER.CLIP_GRADIENTS.ENABLED = False  # detectron2 does not know "full_model"
     optimizer = detectron2_build_optimizer(plain, model)
+    unclipped = [
+        p for m in model.modules() if getattr(m, "detached_inputs", False) for p in m.parameters()
+    ]
     optimizer.__class__ = full_model_clipping(
-        type(optimizer), clip.CLIP_VALUE, norm_type=clip.NORM_TYPE
+        type(optimizer), clip.CLIP_VALUE, norm_type=clip.NORM_TYPE, unclipped=unclipped
     )
     return optimizer

@@ -2,7 +2,7 @@
 
 from .efficientps import EfficientPS
 from .fusion_module import EfficientPSPanopticFusion
-from .learned_fusion import LearnedPanopticFusion
+from .learned_fusion import LearnedDetectionQuality
 from .mask_paste import BoxMaskLogits, paste_mask_logits
 from .panoptic_fusion import fuse_panoptic, fused_instance_logits, overlap_filter
 from .tta import EfficientPSWithTTA
@@ -12,7 +12,7 @@ __all__ = [
     "EfficientPS",
     "EfficientPSPanopticFusion",
     "EfficientPSWithTTA",
-    "LearnedPanopticFusion",
+    "LearnedDetectionQuality",
     "fuse_panoptic",
     "fused_instance_logits",
     "overlap_filter",

@@ -13,10 +13,9 @@ from detectron2.modeling import (
     build_sem_seg_head,
 )
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
-from detectron2.structures import ImageList, Instances
+from detectron2.structures import ImageList
 from fvcore.nn import parameter_count
 from torch import nn
-from torch.nn import functional as F
 
 from ...class_tables import PanopticClassTables
 from ..inplace_abn import convert_to_inplace_abn, refresh_small_channels
@@ -32,9 +31,10 @@ INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float
 class EfficientPS(nn.Module):
     """EfficientPS (Mohan & Valada, IJCV 2021) in detectron2's model interface.
 
-    Training returns a dict of losses (semantic, RPN, ROI and, for the learned fusion, the
-    panoptic loss). Inference returns per image {"sem_seg", "instances", "panoptic_seg"} resized
-    to the input's "height"/"width"; panoptic segments use semantic channels as category ids.
+    Training returns a dict of losses (semantic, RPN, ROI and, for the learned fusion, its
+    detection quality's). Inference returns per image {"sem_seg", "instances",
+    "panoptic_seg"} resized to the input's "height"/"width"; panoptic segments use semantic
+    channels as category ids.
     """
 
     @configurable
@@ -50,6 +50,7 @@ class EfficientPS(nn.Module):
         class_tables: PanopticClassTables,
         panoptic_fusion: EfficientPSPanopticFusion,
         inference_dtype="float32",
+        reported_score_thresh=None,
     ):
         """
         Args:
@@ -60,6 +61,9 @@ class EfficientPS(nn.Module):
             panoptic_fusion: the fusion module (paper, learned, pixel rules, thresholds).
             inference_dtype: "float32", or "bfloat16"/"float16" to run backbone and heads under
                 autocast at inference (the fusion always runs in float32).
+            reported_score_thresh: None, or the box score of the detections in the "instances"
+                output when the ROI heads detect below it for the fusion (the learned fusion's
+                candidates; MODEL.EFFICIENTPS.FUSION_CANDIDATE_THRESH).
         """
         super().__init__()
         if sem_seg_head.num_classes != class_tables.num_classes:
@@ -87,6 +91,7 @@ class EfficientPS(nn.Module):
         self.class_tables = class_tables
         self.panoptic_fusion = panoptic_fusion
         self.inference_dtype = INFERENCE_DTYPES[inference_dtype]
+        self.reported_score_thresh = reported_score_thresh
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -111,6 +116,15 @@ class EfficientPS(nn.Module):
                 fold_norm=efficientps_cfg.INFERENCE_FOLD_BN,
                 channels_last_devices=efficientps_cfg.INFERENCE_CHANNELS_LAST_DEVICES,
             )
+        reported_score_thresh = None
+        candidate_thresh = efficientps_cfg.FUSION_CANDIDATE_THRESH
+        if (
+            efficientps_cfg.FUSION == "learned"
+            and candidate_thresh < cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
+        ):
+            # The learned quality can keep detections the box score would not: it needs them.
+            components["roi_heads"].box_predictor.test_score_thresh = candidate_thresh
+            reported_score_thresh = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
         parameters = parameter_count(nn.ModuleList(components.values()))[""]
         logger.info(
             f"EfficientPS with {cfg.MODEL.EFFICIENTNET.NAME}: {parameters / 1e6:.2f} M parameters"
@@ -123,6 +137,7 @@ class EfficientPS(nn.Module):
             "class_tables": class_tables,
             "panoptic_fusion": EfficientPSPanopticFusion(cfg, class_tables=class_tables),
             "inference_dtype": efficientps_cfg.INFERENCE_DTYPE,
+            "reported_score_thresh": reported_score_thresh,
         }
 
     @property
@@ -145,7 +160,7 @@ class EfficientPS(nn.Module):
                 (gt_boxes, gt_classes, gt_masks); optional "height"/"width" of the output.
 
         Returns:
-            Training: dict of weighted losses (semantic, RPN, ROI, learned fusion if on).
+            Training: dict of weighted losses (semantic, RPN, ROI, learned fusion's quality).
             Inference: per image {"sem_seg": (C, H, W) logits, "instances": detections with
             ``pred_mask_logits``, "panoptic_seg": (ids (H, W), segments_info)}, at the
             input's "height"/"width". In eval mode without autograd the convs run with folded
@@ -169,26 +184,28 @@ class EfficientPS(nn.Module):
         losses.update(proposal_losses)
         losses.update(detector_losses)
         if self.panoptic_fusion.trainable:
+            detections = self._detections_for_fusion(images, features, proposals)
             losses.update(
-                self._learned_fusion_loss(features, sem_logits, sem_targets, gt_instances)
+                self.panoptic_fusion.losses(
+                    sem_logits.detach(), detections, images.image_sizes, gt_instances
+                )
             )
         return losses
 
-    def _learned_fusion_loss(self, features, sem_logits, sem_targets, gt_instances):
-        mask_logits = self.roi_heads.mask_logits_for_boxes(
-            features, [x.gt_boxes for x in gt_instances], [x.gt_classes for x in gt_instances]
-        )
-        height, width = sem_targets.shape[-2:]
-        targets = []
-        for sem, inst in zip(sem_targets, gt_instances):
-            masks = inst.gt_masks.tensor
-            pad = (0, width - masks.shape[-1], 0, height - masks.shape[-2])
-            padded = Instances((height, width), gt_boxes=inst.gt_boxes, gt_classes=inst.gt_classes)
-            padded.gt_masks = type(inst.gt_masks)(F.pad(masks, pad))
-            targets.append({"sem_seg": sem, "instances": padded})
-        return self.panoptic_fusion.losses(
-            sem_logits, [logits[:, 0] for logits in mask_logits], targets
-        )
+    def _detections_for_fusion(self, images, features, proposals):
+        """What inference would detect on the training batch: the ROI heads in eval mode on the
+        RPN's proposals (the first POST_NMS_TOPK_TEST of each, as at inference), without
+        autograd and without touching the heads' state (no BatchNorm statistics, no sampling)."""
+        features = {name: value.detach() for name, value in features.items()}
+        topk = self.proposal_generator.post_nms_topk[False]
+        was_training = self.roi_heads.training
+        self.roi_heads.train(False)
+        try:
+            with torch.no_grad():
+                detections, _ = self.roi_heads(images, features, [p[:topk] for p in proposals])
+        finally:
+            self.roi_heads.train(was_training)
+        return detections
 
     def inference(self, batched_inputs, detected_instances=None, do_postprocess=True):
         """Predictions for ``batched_inputs`` (eval mode), as detectron2's models offer it.
@@ -244,15 +261,30 @@ class EfficientPS(nn.Module):
                 sem = sem_seg_postprocess(sem, image_size, height, width)
             # else: already the requested size, unpadded; skip a full-resolution copy
             det = detector_postprocess(det, height, width)
-            results.append(
-                {"sem_seg": sem, "instances": det, "panoptic_seg": self.panoptic_fusion(sem, det)}
-            )
+            panoptic = self.panoptic_fusion(sem, det)
+            if self.reported_score_thresh is not None:
+                det, panoptic = _reported(det, panoptic, self.reported_score_thresh)
+            results.append({"sem_seg": sem, "instances": det, "panoptic_seg": panoptic})
         return results
 
     def inference_autocast(self):
         """Autocast to MODEL.EFFICIENTPS.INFERENCE_DTYPE around backbone and heads (or nothing)."""
         dtype = self.inference_dtype
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def _reported(detections, panoptic, score_thresh):
+    """The detections at or above ``score_thresh`` (the "instances" output), and the panoptic
+    segments' "instance_index" as rows of them (None for a segment of a candidate below)."""
+    reported = detections.scores >= score_thresh
+    rows = (reported.cumsum(0) - 1).tolist()
+    reported_list = reported.tolist()
+    ids, segments = panoptic
+    for segment in segments:
+        if segment["isthing"]:
+            index = segment["instance_index"]
+            segment["instance_index"] = rows[index] if reported_list[index] else None
+    return detections[reported], (ids, segments)
 
 
 def _as_float32(sem_logits, detections):
