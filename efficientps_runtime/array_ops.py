@@ -35,6 +35,10 @@ class NumpyOps:
     def where(self, condition, a, b):
         return np.where(condition, a, b)
 
+    def fill_where(self, array, condition, value):
+        """``array[condition] = value`` in place (``array`` may be a view)."""
+        array[condition] = value
+
     def maximum(self, a, b, out=None):
         return np.maximum(a, b, out=out)
 

@@ -403,19 +403,19 @@ def _argmax_winner(fused, instances, kept, stuff_channels, authors=False):
         if not authors:
             # Where the paste is 0 the instance does not compete (not FL = 0, which would win
             # every pixel whose stuff logits are all negative).
-            logits = ops.where(ml_a == 0, NEGATIVE_INFINITY, logits)
+            ops.fill_where(logits, ml_a == 0, NEGATIVE_INFINITY)
         else:
             # Outside its paste window the instance's FL is 0: it wins where all is negative.
             outside = best < 0
             outside[ys, xs] = False
-            best[...] = ops.where(outside, 0.0, best)
-            winner[...] = ops.where(outside, k, winner)
+            ops.fill_where(best, outside, 0.0)
+            ops.fill_where(winner, outside, k)
         # Views of the running maximum, updated in place without boolean indexing (which
         # reads its count on the host).
         region_best, region_winner = best[ys, xs], winner[ys, xs]
         better = logits > region_best
         region_best[...] = ops.where(better, logits, region_best)
-        region_winner[...] = ops.where(better, k, region_winner)
+        ops.fill_where(region_winner, better, k)
     return winner
 
 

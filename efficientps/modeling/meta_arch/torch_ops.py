@@ -34,6 +34,10 @@ class TorchOps:
     def where(self, condition, a, b):
         return torch.where(condition, a, b)
 
+    def fill_where(self, array, condition, value):
+        # In place without boolean indexing (which reads its count on the host).
+        array.masked_fill_(condition, value)
+
     def maximum(self, a, b, out=None):
         return torch.maximum(a, b, out=out) if out is not None else torch.maximum(a, b)
 
