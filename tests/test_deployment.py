@@ -132,6 +132,44 @@ def test_runtime_reproduces_the_pytorch_predictor_on_the_val_images(exported, ba
     assert things > 0  # the instance path ran
 
 
+def test_learned_fusion_exports_and_the_runtime_fuses_as_pytorch(tmp_path):
+    """The learned quality travels in metadata.json; the graph detects down to the candidate
+    threshold (box score 0.05, under the detector's 0.5); both backends fuse as PyTorch."""
+    opts = ["MODEL.EFFICIENTPS.FUSION", "learned", "TEST.DETECTIONS_PER_IMAGE", "12",
+            "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128"]  # fmt: skip
+    images, opts = random_demo_checkpoint(tmp_path, "synth_learned", opts, count=2, seed=5)
+    weights = opts[-1]
+    checkpoint = torch.load(weights, weights_only=True)
+    # A quality that is not the box score: random weights score every class about 1/4.
+    checkpoint["model"]["panoptic_fusion.quality.feature_weights"] = torch.tensor(
+        [1.0, 1.5, -1.0, 2.0, 0.5]
+    )
+    checkpoint["model"]["panoptic_fusion.quality.class_bias"] = torch.tensor([4.0, 3.0, 5.0])
+    torch.save(checkpoint, weights)
+    model_dir = tmp_path / "exported"
+    load_export_tool().main(["--config-file", DEMO_CONFIG, "--output", str(model_dir),
+                             "--sample-image", str(images[0]), *opts])  # fmt: skip
+    quality = json.loads((model_dir / "metadata.json").read_text())["fusion"]["quality"]
+    assert quality == {"feature_weights": [1.0, 1.5, -1.0, 2.0, 0.5], "class_bias": [4.0, 3.0, 5.0]}
+    predictor = PanopticPredictor(setup_cfg(DEMO_CONFIG, opts))
+    for backend in ("onnxruntime", "openvino"):
+        session = Session(model_dir, backend=backend)
+        things = 0
+        for path in images:
+            image = cv2.imread(str(path))
+            with torch.no_grad():
+                reference = predictor(image)
+            prediction = session.predict_full(image)
+            # Candidates under the detector's threshold reach the fusion.
+            assert len(prediction.detections.scores) and prediction.detections.scores.min() < 0.5
+            ids, segments = reference["panoptic_seg"]
+            to_dataset = {c["channel"]: c["dataset_id"] for c in session.metadata["classes"]}
+            segments = [{**s, "category_id": to_dataset[s["category_id"]]} for s in segments]
+            same_segments(ids.numpy(), segments, prediction.panoptic, prediction.segments_info)
+            things += sum(s["isthing"] for s in segments)
+        assert things > 0, backend  # the learned quality fused detections the box score would not
+
+
 def test_precision_is_float32_unless_asked_on_every_cpu(exported):
     """OpenVINO's CPU plugin picks bfloat16 by itself on CPUs with AVX512-BF16/AMX; the session
     asks for float32, so results do not depend on the machine. bf16 is explicit, and refused
