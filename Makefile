@@ -80,6 +80,7 @@ bench-gpu: install
 # then what bf16 and int8 cost on its seed-1 model (README "Deployment"; a few minutes).
 bench-learning: install
 	$(PY) benchmarks/learning.py --seeds 1 2 3
+	$(PY) benchmarks/learning.py --fusion-table --seeds 1 2 3
 	$(PY) benchmarks/precision.py
 
 lint: install
