@@ -93,7 +93,7 @@ LEARNED = ["MODEL.EFFICIENTPS.FUSION", "learned"]
 PEER_OPTS = ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "12"]
 
 
-TIMING_ITERS = 100
+TIMING_ITERS = 60
 
 
 def seconds_per_iteration(run_dir, datasets_root, opts, config=DEMO_CONFIG, script="train_net.py"):
