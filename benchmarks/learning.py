@@ -24,8 +24,8 @@ R50 (benchmarks/configs/panoptic_fpn_R_50_demo.yaml, trained from scratch on the
 crops, batch and schedule), with seconds per iteration and parameters. The learned fusion's
 quality learns from detached inputs outside the gradient clip, so its network trains exactly
 as the paper fusion's: the paper row evaluates the learned run's weights with the paper's rule
-(an --eval-only run, not a second training), and the script checks, where a plain demo-config
-run of the seed exists, that its weights are the same to the bit.
+(an --eval-only run, not a second training; tests/test_efficientps_model.py checks that the
+network's weights are those of a paper-fusion training to the bit).
 """
 
 import argparse
@@ -124,17 +124,6 @@ def parameter_count(run_dir):
     return sum(v.numel() for k, v in state.items() if not k.endswith(buffers))
 
 
-def same_network(learned_run, paper_run):
-    """Whether two runs' weights agree to the bit, the learned fusion's own ones aside."""
-    import torch
-
-    learned, paper = trained_weights(learned_run), trained_weights(paper_run)
-    shared = {k: v for k, v in learned.items() if not k.startswith("panoptic_fusion.")}
-    return shared.keys() == paper.keys() and all(
-        torch.equal(v, paper[k]) for k, v in shared.items()
-    )
-
-
 def fusion_table(args, output, datasets_root):
     """EfficientPS-B0 paper fusion / learned fusion / Panoptic FPN R50 over the seeds."""
     runs = os.path.join(output, "runs")
@@ -153,10 +142,6 @@ def fusion_table(args, output, datasets_root):
             os.path.join(runs, f"paper_fusion_of_learned-seed{seed}"), datasets_root, [], seed,
             args.iters, weights=os.path.join(learned_dir, "model_final.pth"),
         )  # fmt: skip
-        plain_dir = os.path.join(runs, f"demo_config-seed{seed}")
-        if os.path.isfile(os.path.join(plain_dir, "model_final.pth")):
-            print(f"seed {seed}: network weights of the learned-fusion training equal the "
-                  f"paper-fusion training's: {same_network(learned_dir, plain_dir)}")  # fmt: skip
         peer_dir = os.path.join(runs, f"panoptic_fpn_R50-seed{seed}")
         peer = train_and_evaluate(
             peer_dir, datasets_root, PEER_OPTS, seed, args.iters, config=PEER_CONFIG,
