@@ -135,20 +135,26 @@ def fusion_table(args, output, datasets_root):
         "Panoptic FPN R50 (detectron2)": (PEER_OPTS, PEER_CONFIG, PEER_SCRIPT, "panoptic_fpn"),
     }
     parameters = {}
-    for seed in args.seeds:
-        learned_dir = os.path.join(runs, f"learned_fusion-seed{seed}")
-        learned = train_and_evaluate(learned_dir, datasets_root, LEARNED, seed, args.iters)
-        paper = train_and_evaluate(
-            os.path.join(runs, f"paper_fusion_of_learned-seed{seed}"), datasets_root, [], seed,
-            args.iters, weights=os.path.join(learned_dir, "model_final.pth"),
-        )  # fmt: skip
-        peer_dir = os.path.join(runs, f"panoptic_fpn_R50-seed{seed}")
-        peer = train_and_evaluate(
-            peer_dir, datasets_root, PEER_OPTS, seed, args.iters, config=PEER_CONFIG,
-            script=PEER_SCRIPT,
-        )  # fmt: skip
-        for name, metrics, run in zip(rows, (paper, learned, peer),
-                                      (learned_dir, learned_dir, peer_dir)):  # fmt: skip
+    peer_seeds = args.seeds if args.peer_seeds is None else args.peer_seeds
+    for seed in sorted(set(args.seeds) | set(peer_seeds)):
+        results = []  # (row, metrics, run)
+        if seed in args.seeds:
+            learned_dir = os.path.join(runs, f"learned_fusion-seed{seed}")
+            learned = train_and_evaluate(learned_dir, datasets_root, LEARNED, seed, args.iters)
+            paper = train_and_evaluate(
+                os.path.join(runs, f"paper_fusion_of_learned-seed{seed}"), datasets_root, [],
+                seed, args.iters, weights=os.path.join(learned_dir, "model_final.pth"),
+            )  # fmt: skip
+            results += [("EfficientPS-B0, paper fusion", paper, learned_dir),
+                        ("EfficientPS-B0, learned fusion", learned, learned_dir)]  # fmt: skip
+        if seed in peer_seeds:
+            peer_dir = os.path.join(runs, f"panoptic_fpn_R50-seed{seed}")
+            peer = train_and_evaluate(
+                peer_dir, datasets_root, PEER_OPTS, seed, args.iters, config=PEER_CONFIG,
+                script=PEER_SCRIPT,
+            )  # fmt: skip
+            results.append(("Panoptic FPN R50 (detectron2)", peer, peer_dir))
+        for name, metrics, run in results:
             rows[name].append(metrics)
             parameters[name] = parameter_count(run)
             print(f"{name}, seed {seed}: " + "  ".join(f"{k} {v:.1f}" for k, v in metrics.items()),
@@ -162,7 +168,8 @@ def fusion_table(args, output, datasets_root):
                      + [f"{seconds:.2f}", f"{parameters[name] / 1e6:.2f} M"])  # fmt: skip
     print_table(
         f"Learning benchmark, fusions and peer: {args.iters} iterations at batch 4, seeds "
-        f"{args.seeds}, 120 train / 30 val Cityscapes-format scenes at 128x256; median (range); "
+        f"{args.seeds} (Panoptic FPN {peer_seeds}), 120 train / 30 val Cityscapes-format "
+        f"scenes at 128x256; median (range); "
         f"s/it: a {TIMING_ITERS}-iteration run of each alone. {machine_line()}",
         ["run"] + [m for m, _, _ in METRICS] + ["s/it", "parameters"],
         table,
@@ -178,6 +185,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--iters", type=int, default=500)
+    parser.add_argument(
+        "--peer-seeds", type=int, nargs="+", help="Panoptic FPN's (default --seeds)"
+    )
     parser.add_argument("--output", default=os.path.join(REPO, "output", "learning"))
     parser.add_argument("--checkout", default=REPO, help="the checkout whose code is trained")
     parser.add_argument("--label", default="demo config", help="name of the first row")
