@@ -261,11 +261,18 @@ class EfficientPS(nn.Module):
                 sem = sem_seg_postprocess(sem, image_size, height, width)
             # else: already the requested size, unpadded; skip a full-resolution copy
             det = detector_postprocess(det, height, width)
-            panoptic = self.panoptic_fusion(sem, det)
-            if self.reported_score_thresh is not None:
-                det, panoptic = _reported(det, panoptic, self.reported_score_thresh)
+            det, panoptic = self.fuse(sem, det)
             results.append({"sem_seg": sem, "instances": det, "panoptic_seg": panoptic})
         return results
+
+    def fuse(self, sem_logits, detections):
+        """(the reported detections, (panoptic ids, segments_info)) of one image's semantic
+        logits and detections at the output size: all detections are fused; the learned
+        fusion's candidates under ROI_HEADS.SCORE_THRESH_TEST are not reported."""
+        panoptic = self.panoptic_fusion(sem_logits, detections)
+        if self.reported_score_thresh is None:
+            return detections, panoptic
+        return _reported(detections, panoptic, self.reported_score_thresh)
 
     def inference_autocast(self):
         """Autocast to MODEL.EFFICIENTPS.INFERENCE_DTYPE around backbone and heads (or nothing)."""

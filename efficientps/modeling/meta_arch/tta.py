@@ -61,12 +61,8 @@ class EfficientPSWithTTA(nn.Module):
         sem, merged = self._semantic_and_boxes(copies, height, width)
         merged.pred_mask_logits = self._average_mask_logits(merged, copies)
         merged.pred_masks = merged.pred_mask_logits.sigmoid()
-        instances = detector_postprocess(merged, height, width)
-        return {
-            "sem_seg": sem,
-            "instances": instances,
-            "panoptic_seg": self.model.panoptic_fusion(sem, instances),
-        }
+        instances, panoptic = self.model.fuse(sem, detector_postprocess(merged, height, width))
+        return {"sem_seg": sem, "instances": instances, "panoptic_seg": panoptic}
 
     def _semantic_and_boxes(self, copies, height, width):
         """Averaged semantic logits at (height, width) and the NMS-merged boxes of all copies."""
