@@ -91,6 +91,8 @@ PEER_CONFIG = os.path.join("benchmarks", "configs", "panoptic_fpn_R_50_demo.yaml
 PEER_SCRIPT = os.path.join("benchmarks", "train_peer.py")
 LEARNED = ["MODEL.EFFICIENTPS.FUSION", "learned"]
 PEER_OPTS = ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "12"]
+# detectron2's Panoptic FPN learning rate, 0.02 at batch 16, scaled linearly to batch 4.
+PEER_SCALED_LR = [*PEER_OPTS, "SOLVER.BASE_LR", "0.005"]
 
 
 TIMING_ITERS = 60
@@ -128,15 +130,17 @@ def fusion_table(args, output, datasets_root):
     """EfficientPS-B0 paper fusion / learned fusion / Panoptic FPN R50 over the seeds."""
     runs = os.path.join(output, "runs")
     rows = {"EfficientPS-B0, paper fusion": [], "EfficientPS-B0, learned fusion": [],
-            "Panoptic FPN R50 (detectron2)": []}  # fmt: skip
+            "Panoptic FPN R50 (detectron2)": [],
+            "Panoptic FPN R50, lr 0.005": []}  # fmt: skip
     setups = {
         "EfficientPS-B0, paper fusion": ([], DEMO_CONFIG, "train_net.py", "demo_config"),
         "EfficientPS-B0, learned fusion": (LEARNED, DEMO_CONFIG, "train_net.py", "learned"),
         "Panoptic FPN R50 (detectron2)": (PEER_OPTS, PEER_CONFIG, PEER_SCRIPT, "panoptic_fpn"),
+        "Panoptic FPN R50, lr 0.005": (PEER_SCALED_LR, PEER_CONFIG, PEER_SCRIPT, "panoptic_fpn"),
     }
     parameters = {}
     peer_seeds = args.seeds if args.peer_seeds is None else args.peer_seeds
-    for seed in sorted(set(args.seeds) | set(peer_seeds)):
+    for seed in sorted(set(args.seeds) | set(peer_seeds) | set(args.scaled_lr_seeds)):
         results = []  # (row, metrics, run)
         if seed in args.seeds:
             learned_dir = os.path.join(runs, f"learned_fusion-seed{seed}")
@@ -154,6 +158,13 @@ def fusion_table(args, output, datasets_root):
                 script=PEER_SCRIPT,
             )  # fmt: skip
             results.append(("Panoptic FPN R50 (detectron2)", peer, peer_dir))
+        if seed in args.scaled_lr_seeds:
+            scaled_dir = os.path.join(runs, f"panoptic_fpn_R50_lr0.005-seed{seed}")
+            scaled = train_and_evaluate(
+                scaled_dir, datasets_root, PEER_SCALED_LR, seed, args.iters, config=PEER_CONFIG,
+                script=PEER_SCRIPT,
+            )  # fmt: skip
+            results.append(("Panoptic FPN R50, lr 0.005", scaled, scaled_dir))
         for name, metrics, run in results:
             rows[name].append(metrics)
             parameters[name] = parameter_count(run)
@@ -161,6 +172,8 @@ def fusion_table(args, output, datasets_root):
                   flush=True)  # fmt: skip
     table = []
     for name, runs_of_row in rows.items():
+        if not runs_of_row:
+            continue
         opts, config, script, tag = setups[name]
         timing_dir = os.path.join(output, "timing", tag)
         seconds = seconds_per_iteration(timing_dir, datasets_root, opts, config, script)
