@@ -201,6 +201,10 @@ def parse_args(argv=None):
     parser.add_argument(
         "--peer-seeds", type=int, nargs="+", help="Panoptic FPN's (default --seeds)"
     )
+    parser.add_argument(
+        "--scaled-lr-seeds", type=int, nargs="*", default=[],
+        help="also Panoptic FPN at detectron2's lr scaled to batch 4 (0.005), these seeds",
+    )  # fmt: skip
     parser.add_argument("--output", default=os.path.join(REPO, "output", "learning"))
     parser.add_argument("--checkout", default=REPO, help="the checkout whose code is trained")
     parser.add_argument("--label", default="demo config", help="name of the first row")
