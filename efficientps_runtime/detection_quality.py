@@ -60,7 +60,12 @@ def quality_features(ops, sem_argmax, boxes, scores, channels, mask_logits):
     return ops.stack([ops.astype(c, f32) for c in columns], axis=1)
 
 
+def quality_logits(features, classes, feature_weights, class_bias):
+    """features . feature_weights + class_bias[classes], (N,): the quality before the sigmoid
+    (what the model's loss takes)."""
+    return features @ feature_weights + class_bias[classes]
+
+
 def quality(ops, features, classes, feature_weights, class_bias):
-    """q = sigmoid(features . feature_weights + class_bias[classes]), (N,) float32."""
-    logits = features @ feature_weights + class_bias[classes]
-    return ops.sigmoid(logits)
+    """q = sigmoid(``quality_logits``), (N,) float32."""
+    return ops.sigmoid(quality_logits(features, classes, feature_weights, class_bias))

@@ -148,8 +148,7 @@ class DenseMasks:
         ys, xs = self.ops.nonzero_2d(self.array[row] != 0)
         if len(ys) == 0:
             return slice(0, 0), slice(0, 0)
-        ys, xs = ys.tolist(), xs.tolist()
-        return slice(min(ys), max(ys) + 1), slice(min(xs), max(xs) + 1)
+        return slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1)
 
     def crop(self, row, ys, xs):
         return self.array[row, ys, xs]
@@ -231,6 +230,7 @@ def fuse(
     stuff_area=2048,
     mask_logit_scale=1.0,
     pixel_rule="argmax",
+    semantic=None,
 ):
     """Fuse semantic logits and instance mask logits into a panoptic map (paper Sec. 3.5).
 
@@ -247,6 +247,7 @@ def fuse(
             stuff logits wherever its paste is non-zero; "owner": an instance competes only
             on the pixels the overlap filter gave it; "authors": as their code, "argmax" with
             FL = 0 (not out of the vote) where the paste is 0 and their ML_B box window.
+        semantic: the (H, W) semantic argmax of ``sem_logits`` if the caller has it already.
 
     Returns:
         panoptic: (H, W) int32, 0 = void, segment ids from 1.
@@ -266,7 +267,9 @@ def fuse(
     else:
         winner = _owner_winner(fused, instances, owner, stuff_list)
     # 6.-7. Stuff where no instance won and the semantic class is not a thing; assemble.
-    stuff_map = _stuff_map(ops, sem_logits, winner >= 0, thing_channels)
+    if semantic is None:
+        semantic = ops.argmax(sem_logits, 0)
+    stuff_map = _stuff_map(ops, semantic, sem_logits.shape[0], winner >= 0, thing_channels)
     return _assemble(ops, winner, kept, stuff_map, instances, stuff_list, stuff_area)
 
 
@@ -296,11 +299,13 @@ def fuse_detections(
     height, width = sem_logits.shape[-2:]
     boxes = ops.astype(boxes, ops.float32)
     scores = ops.astype(scores, ops.float32)
+    # Read by the quality and by the stuff map: the full-image argmax once.
+    semantic = ops.argmax(sem_logits, 0)
     if quality_weights is not None and len(scores):
         thing_table = ops.asarray([int(c) for c in thing_channels], ops.int64)
         features = quality_features(
             ops,
-            ops.argmax(sem_logits, 0),
+            semantic,
             boxes,
             scores,
             thing_table[classes],
@@ -316,7 +321,9 @@ def fuse_detections(
         "mask_logit_scale": params.mask_logit_scale,
         "pixel_rule": params.pixel_rule,
     }
-    return fuse(ops, sem_logits, masks, boxes, classes, scores, **tables, **settings)
+    return fuse(
+        ops, sem_logits, masks, boxes, classes, scores, semantic=semantic, **tables, **settings
+    )
 
 
 class _Detections:
@@ -438,11 +445,10 @@ def _owner_winner(fused, instances, owner, stuff_channels):
     return winner
 
 
-def _stuff_map(ops, sem_logits, instance_pixels, thing_channels):
-    """Semantic argmax where no instance won and the class is stuff; -1 elsewhere."""
-    is_thing_channel = ops.zeros((sem_logits.shape[0],), ops.bool)
+def _stuff_map(ops, semantic, num_channels, instance_pixels, thing_channels):
+    """The semantic argmax where no instance won and the class is stuff; -1 elsewhere."""
+    is_thing_channel = ops.zeros((num_channels,), ops.bool)
     is_thing_channel[thing_channels] = True
-    semantic = ops.argmax(sem_logits, 0)
     void = instance_pixels | is_thing_channel[semantic]
     return ops.where(void, -1, semantic)
 

@@ -16,7 +16,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from efficientps_runtime.detection_quality import NUM_FEATURES, quality, quality_features
+from efficientps_runtime.detection_quality import (
+    NUM_FEATURES,
+    quality,
+    quality_features,
+    quality_logits,
+)
 
 from .mask_paste import paste_mask_logits
 from .torch_ops import TorchOps
@@ -94,7 +99,9 @@ class LearnedDetectionQuality(nn.Module):
                 sem_argmax = ops.argmax(sem[:, :height, :width].detach(), axis=0)
                 features = self.features(sem_argmax, dets, thing_channels[dets.pred_classes])
                 labels.append(self._true_positive(dets, gt, height, width))
-            logits.append(features @ self.feature_weights + self.class_bias[dets.pred_classes])
+            logits.append(
+                quality_logits(features, dets.pred_classes, self.feature_weights, self.class_bias)
+            )
         if not logits:  # no detection in the batch: a zero that keeps the parameters in the graph
             return {"loss_fusion_quality": self.feature_weights.sum() * 0.0}
         positive_weight = torch.tensor(POSITIVE_WEIGHT, device=self.class_bias.device)
