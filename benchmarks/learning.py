@@ -113,34 +113,37 @@ def seconds_per_iteration(run_dir, datasets_root, opts, config=DEMO_CONFIG, scri
     return statistics.median(times[1:] or times)
 
 
-def trained_weights(run_dir):
-    import torch
-
-    return torch.load(os.path.join(run_dir, "model_final.pth"), weights_only=False)["model"]
-
-
 def parameter_count(run_dir):
     """Trainable tensors of a run's final weights (BatchNorm statistics are not parameters)."""
+    from efficientps.engine.weight_files import read_weight_file
+
     buffers = ("running_mean", "running_var", "num_batches_tracked")
-    state = trained_weights(run_dir)
+    state = read_weight_file(os.path.join(run_dir, "model_final.pth"))["model"]
     return sum(v.numel() for k, v in state.items() if not k.endswith(buffers))
 
 
 def fusion_table(args, output, datasets_root):
     """EfficientPS-B0 paper fusion / learned fusion / Panoptic FPN R50 over the seeds."""
     runs = os.path.join(output, "runs")
-    rows = {"EfficientPS-B0, paper fusion": [], "EfficientPS-B0, learned fusion": [],
-            "Panoptic FPN R50 (detectron2)": [],
-            "Panoptic FPN R50, lr 0.005": []}  # fmt: skip
+    peer_seeds = args.seeds if args.peer_seeds is None else args.peer_seeds
+    # Panoptic FPN rows: name, config overrides, run-folder prefix, seeds.
+    peer_rows = (
+        ("Panoptic FPN R50 (detectron2)", PEER_OPTS, "panoptic_fpn_R50", peer_seeds),
+        ("Panoptic FPN R50, lr 0.005", PEER_SCALED_LR, "panoptic_fpn_R50_lr0.005",
+         args.scaled_lr_seeds),
+    )  # fmt: skip
+    # Per row: config overrides, config, script and folder of its timing run.
     setups = {
         "EfficientPS-B0, paper fusion": ([], DEMO_CONFIG, "train_net.py", "demo_config"),
         "EfficientPS-B0, learned fusion": (LEARNED, DEMO_CONFIG, "train_net.py", "learned"),
-        "Panoptic FPN R50 (detectron2)": (PEER_OPTS, PEER_CONFIG, PEER_SCRIPT, "panoptic_fpn"),
-        "Panoptic FPN R50, lr 0.005": (PEER_SCALED_LR, PEER_CONFIG, PEER_SCRIPT, "panoptic_fpn"),
+        **{
+            name: (opts, PEER_CONFIG, PEER_SCRIPT, "panoptic_fpn") for name, opts, _, _ in peer_rows
+        },
     }
+    rows = {name: [] for name in setups}
     parameters = {}
-    peer_seeds = args.seeds if args.peer_seeds is None else args.peer_seeds
-    for seed in sorted(set(args.seeds) | set(peer_seeds) | set(args.scaled_lr_seeds)):
+    all_seeds = set(args.seeds).union(*(seeds for *_, seeds in peer_rows))
+    for seed in sorted(all_seeds):
         results = []  # (row, metrics, run)
         if seed in args.seeds:
             learned_dir = os.path.join(runs, f"learned_fusion-seed{seed}")
@@ -151,20 +154,12 @@ def fusion_table(args, output, datasets_root):
             )  # fmt: skip
             results += [("EfficientPS-B0, paper fusion", paper, learned_dir),
                         ("EfficientPS-B0, learned fusion", learned, learned_dir)]  # fmt: skip
-        if seed in peer_seeds:
-            peer_dir = os.path.join(runs, f"panoptic_fpn_R50-seed{seed}")
-            peer = train_and_evaluate(
-                peer_dir, datasets_root, PEER_OPTS, seed, args.iters, config=PEER_CONFIG,
-                script=PEER_SCRIPT,
-            )  # fmt: skip
-            results.append(("Panoptic FPN R50 (detectron2)", peer, peer_dir))
-        if seed in args.scaled_lr_seeds:
-            scaled_dir = os.path.join(runs, f"panoptic_fpn_R50_lr0.005-seed{seed}")
-            scaled = train_and_evaluate(
-                scaled_dir, datasets_root, PEER_SCALED_LR, seed, args.iters, config=PEER_CONFIG,
-                script=PEER_SCRIPT,
-            )  # fmt: skip
-            results.append(("Panoptic FPN R50, lr 0.005", scaled, scaled_dir))
+        for name, opts, prefix, seeds in peer_rows:
+            if seed in seeds:
+                run_dir = os.path.join(runs, f"{prefix}-seed{seed}")
+                metrics = train_and_evaluate(run_dir, datasets_root, opts, seed, args.iters,
+                                             config=PEER_CONFIG, script=PEER_SCRIPT)  # fmt: skip
+                results.append((name, metrics, run_dir))
         for name, metrics, run in results:
             rows[name].append(metrics)
             parameters[name] = parameter_count(run)
