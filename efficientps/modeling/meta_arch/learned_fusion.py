@@ -32,8 +32,9 @@ MATCH_IOU = 0.5
 # a kept segment adds 1/2 to PQ's denominator TP + FP/2 + FN/2 whether it is a true positive
 # (+1 TP, -1 FN) or not (+1 FP), and its IoU (~0.8) to the numerator only if it is, so keeping
 # it pays when P(TP) * IoU / 0.5 > PQ, i.e. P(TP) > RQ / 2: about 1/3 to 0.4 at RQ 0.7-0.8.
-# (On the learning benchmark's seed-1 training images a logistic fit with weight 1 kept too
-# few: PQ 68.1 as the paper's rule; with 2, 69.9.)
+# (An offline logistic fit on the learning benchmark's seed-1 training images, a one-off
+# experiment not kept in the repository: weight 1 kept too few, PQ 68.1 as the paper's rule;
+# weight 2 gave 69.9.)
 POSITIVE_WEIGHT = 2.0
 
 
